@@ -1,0 +1,154 @@
+"""Development certificates: a dev CA, the gateway's server and mesh-client
+certificates, and one server certificate per back-end (``cryptography``).
+
+Private keys are written with mode 0600. Existing files are kept unless
+``force`` is set, so ``make run`` can call this every time.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import ipaddress
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+GATEWAY_HOSTS = ("localhost", "127.0.0.1", "::1", "assistant.local")
+BACKENDS = ("chat", "tasks")
+VALIDITY_DAYS = 825
+
+
+@dataclass(frozen=True)
+class Issued:
+    """A certificate and its key, in PEM."""
+
+    cert_pem: bytes
+    key_pem: bytes
+
+
+def _name(common_name: str) -> x509.Name:
+    return x509.Name(
+        [
+            x509.NameAttribute(NameOID.ORGANIZATION_NAME, "Dialog Gateway (development)"),
+            x509.NameAttribute(NameOID.COMMON_NAME, common_name),
+        ]
+    )
+
+
+def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
+    return key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+
+
+def _san(hosts: Iterable[str]) -> x509.SubjectAlternativeName:
+    names: list[x509.GeneralName] = []
+    for host in hosts:
+        try:
+            names.append(x509.IPAddress(ipaddress.ip_address(host)))
+        except ValueError:
+            names.append(x509.DNSName(host))
+    return x509.SubjectAlternativeName(names)
+
+
+def make_ca(now: dt.datetime) -> tuple[Issued, ec.EllipticCurvePrivateKey, x509.Certificate]:
+    """A self-signed development CA."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = _name("Dialog Gateway Dev CA")
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=VALIDITY_DAYS))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True, key_cert_sign=True, crl_sign=True,
+                content_commitment=False, key_encipherment=False, data_encipherment=False,
+                key_agreement=False, encipher_only=False, decipher_only=False,
+            ),
+            critical=True,
+        )
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+        .sign(key, hashes.SHA256())
+    )
+    return Issued(cert.public_bytes(serialization.Encoding.PEM), _key_pem(key)), key, cert
+
+
+def issue(
+    ca_key: ec.EllipticCurvePrivateKey,
+    ca_cert: x509.Certificate,
+    common_name: str,
+    *,
+    hosts: Iterable[str] = (),
+    server: bool = True,
+    client: bool = False,
+    now: dt.datetime,
+) -> Issued:
+    """A leaf certificate signed by the CA, for server and/or client use."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    usages = []
+    if server:
+        usages.append(ExtendedKeyUsageOID.SERVER_AUTH)
+    if client:
+        usages.append(ExtendedKeyUsageOID.CLIENT_AUTH)
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(_name(common_name))
+        .issuer_name(ca_cert.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=VALIDITY_DAYS))
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(x509.ExtendedKeyUsage(usages), critical=False)
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False
+        )
+    )
+    names = list(hosts) or [common_name]
+    builder = builder.add_extension(_san(names), critical=False)
+    cert = builder.sign(ca_key, hashes.SHA256())
+    return Issued(cert.public_bytes(serialization.Encoding.PEM), _key_pem(key))
+
+
+def _write(directory: Path, stem: str, issued: Issued) -> None:
+    (directory / f"{stem}.pem").write_bytes(issued.cert_pem)
+    key_path = directory / f"{stem}-key.pem"
+    fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(issued.key_pem)
+    os.chmod(key_path, 0o600)
+
+
+def create_dev_certs(
+    directory: Path, *, backends: Iterable[str] = BACKENDS, force: bool = False
+) -> bool:
+    """Write the development PKI into ``directory``. Returns False if it already existed."""
+    directory.mkdir(parents=True, exist_ok=True)
+    if (directory / "ca.pem").exists() and not force:
+        return False
+    now = dt.datetime.now(dt.UTC)
+    ca, ca_key, ca_cert = make_ca(now)
+    _write(directory, "ca", ca)
+    _write(directory, "gateway", issue(ca_key, ca_cert, "dialog-gateway", hosts=GATEWAY_HOSTS, now=now))
+    _write(
+        directory,
+        "gateway-client",
+        issue(ca_key, ca_cert, "dialog-gateway", server=False, client=True, now=now),
+    )
+    for name in backends:
+        hosts = (name, f"{name}.dialog.internal", "localhost", "127.0.0.1")
+        _write(directory, name, issue(ca_key, ca_cert, name, hosts=hosts, now=now))
+    return True

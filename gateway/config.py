@@ -1,0 +1,216 @@
+"""Configuration: frozen dataclasses built once from config/*.json and the environment.
+
+Environment variables override the JSON files (12-factor). Nothing else in the
+project reads ``os.environ``: the CLI passes the environment in. Every invalid
+value raises ``ConfigError`` with one line naming the variable.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+WS_SUBPROTOCOL = "dialog.v1.json"
+DEV_JWT_SECRET_PREFIX = "dev-"
+
+
+class ConfigError(Exception):
+    """A configuration value is missing or invalid."""
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Retry on UNAVAILABLE before anything was sent, with exponential back-off and jitter."""
+
+    max_attempts: int = 3
+    initial_backoff_ms: int = 100
+    max_backoff_ms: int = 1000
+    multiplier: float = 2.0
+
+
+@dataclass(frozen=True)
+class BackendConfig:
+    """One named back-end reached over mutual TLS."""
+
+    name: str
+    target: str
+    ca_file: str = "certs/ca.pem"
+    cert_file: str = "certs/gateway-client.pem"
+    key_file: str = "certs/gateway-client-key.pem"
+    server_name: str = ""
+    timeout_ms: int = 30000
+    required: bool = True
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+
+
+@dataclass(frozen=True)
+class RouteRule:
+    """Send a message to ``backend`` when every given matcher equals the message's field."""
+
+    backend: str
+    service: str | None = None
+    content_type: str | None = None
+
+
+@dataclass(frozen=True)
+class RoutesConfig:
+    """Named back-ends, ordered rules and the default back-end."""
+
+    backends: tuple[BackendConfig, ...]
+    rules: tuple[RouteRule, ...]
+    default_backend: str | None
+
+    def backend(self, name: str) -> BackendConfig:
+        for b in self.backends:
+            if b.name == name:
+                return b
+        raise KeyError(name)
+
+
+@dataclass(frozen=True)
+class GatewayConfig:
+    """Everything the gateway process needs. Field names carry their units."""
+
+    host: str = "127.0.0.1"
+    port: int = 8080
+    grpc_port: int = 50051
+    tls: bool = True
+    tls_cert_file: str = "certs/gateway.pem"
+    tls_key_file: str = "certs/gateway-key.pem"
+    jwt_secret: str = ""
+    jwt_issuer: str = ""
+    jwt_audience: str = ""
+    jwt_leeway_s: int = 30
+    token_ttl_s: int = 900
+    max_ws_conn: int = 25
+    rate_limit_max: int = 100
+    rate_limit_window_ms: int = 60000
+    max_message_bytes: int = 1048576
+    health_interval_ms: int = 5000
+    health_timeout_ms: int = 1000
+    sse_heartbeat_ms: int = 15000
+    outbound_queue_max: int = 256
+    ws_auth_timeout_ms: int = 10000
+    env: str = "development"
+    log_level: str = "INFO"
+    routes_file: str = "config/routes.json"
+    routes: RoutesConfig = field(
+        default_factory=lambda: RoutesConfig(backends=(), rules=(), default_backend=None)
+    )
+
+    @property
+    def rate_limit_window_s(self) -> float:
+        return self.rate_limit_window_ms / 1000
+
+
+_SCALAR_FIELDS = {f.name: f for f in dataclasses.fields(GatewayConfig) if f.name != "routes"}
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off"}
+
+
+def _coerce(name: str, raw: Any, kind: Any) -> Any:
+    """Turn a JSON or environment value into the field's type, or fail naming ``name``."""
+    try:
+        if kind in (bool, "bool"):
+            if isinstance(raw, bool):
+                return raw
+            text = str(raw).strip().lower()
+            if text in _TRUE:
+                return True
+            if text in _FALSE:
+                return False
+            raise ValueError(raw)
+        if kind in (int, "int"):
+            if isinstance(raw, bool):
+                raise ValueError(raw)
+            value = int(raw)
+            if value < 0:
+                raise ValueError(raw)
+            return value
+        return str(raw)
+    except ValueError:
+        raise ConfigError(f"{name}: invalid value {raw!r} (expected {kind})") from None
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        return {}
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read JSON ({exc})") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a JSON object")
+    return data
+
+
+def _load_routes(data: Mapping[str, Any], env: Mapping[str, str], source: str) -> RoutesConfig:
+    backends = []
+    for entry in data.get("backends", []):
+        if not isinstance(entry, dict) or "name" not in entry or "target" not in entry:
+            raise ConfigError(f"{source}: every backend needs a name and a target")
+        name = str(entry["name"])
+        prefix = f"BACKEND_{name.upper().replace('-', '_')}_"
+        retry = RetryPolicy(**entry.get("retry", {}))
+        values: dict[str, Any] = {k: v for k, v in entry.items() if k not in ("retry",)}
+        for key in ("target", "ca_file", "cert_file", "key_file", "server_name", "timeout_ms"):
+            if prefix + key.upper() in env:
+                values[key] = env[prefix + key.upper()]
+        if "timeout_ms" in values:
+            values["timeout_ms"] = _coerce(prefix + "TIMEOUT_MS", values["timeout_ms"], int)
+        try:
+            backends.append(BackendConfig(retry=retry, **values))
+        except TypeError as exc:
+            raise ConfigError(f"{source}: backend {name!r}: {exc}") from exc
+    names = {b.name for b in backends}
+    rules = []
+    for entry in data.get("rules", []):
+        try:
+            rule = RouteRule(**entry)
+        except TypeError as exc:
+            raise ConfigError(f"{source}: rule {entry!r}: {exc}") from exc
+        if rule.backend not in names:
+            raise ConfigError(f"{source}: rule names unknown backend {rule.backend!r}")
+        rules.append(rule)
+    default = env.get("DEFAULT_BACKEND", data.get("default_backend"))
+    if default is not None and default not in names:
+        raise ConfigError(f"DEFAULT_BACKEND: unknown backend {default!r}")
+    return RoutesConfig(backends=tuple(backends), rules=tuple(rules), default_backend=default)
+
+
+def load_config(env: Mapping[str, str], base_dir: Path = Path(".")) -> GatewayConfig:
+    """Build the configuration: defaults < config/gateway.json < environment."""
+    values: dict[str, Any] = {}
+    for key, raw in _read_json(base_dir / "config" / "gateway.json").items():
+        if key not in _SCALAR_FIELDS:
+            raise ConfigError(f"config/gateway.json: unknown key {key!r}")
+        values[key] = _coerce(key, raw, _SCALAR_FIELDS[key].type)
+    for key, fld in _SCALAR_FIELDS.items():
+        if key.upper() in env:
+            values[key] = _coerce(key.upper(), env[key.upper()], fld.type)
+    routes_path = Path(values.get("routes_file", GatewayConfig.routes_file))
+    if not routes_path.is_absolute():
+        routes_path = base_dir / routes_path
+    routes = _load_routes(_read_json(routes_path), env, str(routes_path))
+    config = GatewayConfig(**values, routes=routes)
+    _validate(config)
+    return config
+
+
+def _validate(config: GatewayConfig) -> None:
+    if not config.jwt_secret:
+        raise ConfigError("JWT_SECRET: no signing key configured (run 'make run' to create .env)")
+    if config.env == "production" and (
+        len(config.jwt_secret.encode()) < 32 or config.jwt_secret.startswith(DEV_JWT_SECRET_PREFIX)
+    ):
+        raise ConfigError("JWT_SECRET: production needs a secret of at least 32 bytes")
+    for name in ("port", "grpc_port"):
+        if not 0 <= getattr(config, name) <= 65535:
+            raise ConfigError(f"{name.upper()}: not a port number")
+    for name in ("max_message_bytes", "rate_limit_max", "rate_limit_window_ms", "max_ws_conn"):
+        if getattr(config, name) <= 0:
+            raise ConfigError(f"{name.upper()}: must be positive")

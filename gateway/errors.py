@@ -1,0 +1,175 @@
+"""The one error vocabulary of the gateway.
+
+Every class declares how it surfaces on each transport: a gRPC status name, an
+HTTP status and a WebSocket close code. ``ws_close`` is ``None`` when the error
+is reported in an error frame and the socket stays open. The table is printed
+in docs/protocol.md; ``error_table()`` builds it from these classes.
+
+This module is part of the pure core: it imports no I/O library. The gRPC
+status is a name of ``grpc.StatusCode``, resolved by the gRPC surface.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+
+class DialogError(Exception):
+    """Base of every error a client can see. ``message`` is safe to show."""
+
+    code: ClassVar[str] = "internal"
+    grpc_status: ClassVar[str] = "INTERNAL"
+    http_status: ClassVar[int] = 500
+    ws_close: ClassVar[int | None] = 1011
+
+    def __init__(self, message: str = "internal error", *, retry_after_s: float | None = None):
+        super().__init__(message)
+        self.message = message
+        self.retry_after_s = retry_after_s
+
+    def to_json(self) -> dict[str, object]:
+        """The JSON error body shared by every surface."""
+        return {"error": {"code": self.code, "message": self.message}}
+
+
+class InvalidMessage(DialogError):
+    """The input is not a valid message (bad JSON, unknown field, wrong type)."""
+
+    code = "invalid_argument"
+    grpc_status = "INVALID_ARGUMENT"
+    http_status = 400
+    ws_close = None
+
+
+class Unauthenticated(DialogError):
+    """No token, or a bad, expired or wrong-algorithm token."""
+
+    code = "unauthenticated"
+    grpc_status = "UNAUTHENTICATED"
+    http_status = 401
+    ws_close = 4401
+
+
+class PermissionDenied(DialogError):
+    """The caller is known but may not do this."""
+
+    code = "permission_denied"
+    grpc_status = "PERMISSION_DENIED"
+    http_status = 403
+    ws_close = 4403
+
+
+class NotFound(DialogError):
+    """The HTTP path or resource does not exist."""
+
+    code = "not_found"
+    grpc_status = "NOT_FOUND"
+    http_status = 404
+    ws_close = None
+
+
+class NoRoute(DialogError):
+    """No routing rule matches the message."""
+
+    code = "unimplemented"
+    grpc_status = "UNIMPLEMENTED"
+    http_status = 404
+    ws_close = None
+
+
+class RateLimited(DialogError):
+    """The caller sent more messages than the sliding window allows."""
+
+    code = "rate_limited"
+    grpc_status = "RESOURCE_EXHAUSTED"
+    http_status = 429
+    ws_close = None
+
+
+class TooManyConnections(DialogError):
+    """The caller already holds the maximum number of WebSocket connections."""
+
+    code = "too_many_connections"
+    grpc_status = "RESOURCE_EXHAUSTED"
+    http_status = 429
+    ws_close = 1008
+
+
+class MessageTooLarge(DialogError):
+    """A body, frame or gRPC message is over MAX_MESSAGE_BYTES."""
+
+    code = "message_too_large"
+    grpc_status = "RESOURCE_EXHAUSTED"
+    http_status = 413
+    ws_close = 1009
+
+
+class BackendUnavailable(DialogError):
+    """The back-end could not be reached after the retries."""
+
+    code = "unavailable"
+    grpc_status = "UNAVAILABLE"
+    http_status = 503
+    ws_close = None
+
+
+class BackendTimeout(DialogError):
+    """The back-end did not finish within the route's timeout."""
+
+    code = "deadline_exceeded"
+    grpc_status = "DEADLINE_EXCEEDED"
+    http_status = 504
+    ws_close = None
+
+
+class BackendFailed(DialogError):
+    """The back-end answered with an error of its own."""
+
+    code = "backend_error"
+    grpc_status = "INTERNAL"
+    http_status = 502
+    ws_close = None
+
+
+class Overloaded(DialogError):
+    """A bounded queue is full because the client reads too slowly."""
+
+    code = "overloaded"
+    grpc_status = "RESOURCE_EXHAUSTED"
+    http_status = 503
+    ws_close = 1013
+
+
+class Internal(DialogError):
+    """An unexpected failure. Its details are logged, never shown."""
+
+
+ERROR_CLASSES: tuple[type[DialogError], ...] = (
+    InvalidMessage,
+    Unauthenticated,
+    PermissionDenied,
+    NotFound,
+    NoRoute,
+    RateLimited,
+    TooManyConnections,
+    MessageTooLarge,
+    BackendUnavailable,
+    BackendTimeout,
+    BackendFailed,
+    Overloaded,
+    Internal,
+)
+
+
+def error_table() -> list[tuple[str, str, str, int, str]]:
+    """Rows of (class, code, gRPC status, HTTP status, WebSocket close) for the docs."""
+    return [
+        (
+            cls.__name__,
+            cls.code,
+            cls.grpc_status,
+            cls.http_status,
+            "error frame" if cls.ws_close is None else str(cls.ws_close),
+        )
+        for cls in ERROR_CLASSES
+    ]

@@ -1,0 +1,79 @@
+"""Every Prometheus collector of the gateway, with fixed, bounded labels.
+
+Labels name a surface, a method, a back-end, a code or a reason: never a raw
+path or a user id.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+REGISTRY = CollectorRegistry(auto_describe=True)
+
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+
+REQUEST_SECONDS = Histogram(
+    "dialog_gateway_request_duration_seconds",
+    "Time to handle one client request, by surface (grpc, http, ws), method and result code.",
+    ["surface", "method", "code"],
+    buckets=LATENCY_BUCKETS,
+    registry=REGISTRY,
+)
+BACKEND_SECONDS = Histogram(
+    "dialog_gateway_backend_call_duration_seconds",
+    "Time from forwarding a message to a back-end until its final reply, by back-end and code.",
+    ["backend", "code"],
+    buckets=LATENCY_BUCKETS,
+    registry=REGISTRY,
+)
+FIRST_REPLY_SECONDS = Histogram(
+    "dialog_gateway_time_to_first_reply_seconds",
+    "Time from accepting a message until its first reply from the back-end.",
+    ["backend"],
+    buckets=LATENCY_BUCKETS,
+    registry=REGISTRY,
+)
+WS_CONNECTIONS = Gauge(
+    "dialog_gateway_websocket_connections",
+    "Open WebSocket connections.",
+    registry=REGISTRY,
+)
+MESSAGES = Counter(
+    "dialog_gateway_messages_total",
+    "Messages accepted from clients, by surface and back-end.",
+    ["surface", "backend"],
+    registry=REGISTRY,
+)
+AUTH_FAILURES = Counter(
+    "dialog_gateway_auth_failures_total",
+    "Refused credentials, by surface and reason.",
+    ["surface", "reason"],
+    registry=REGISTRY,
+)
+RATE_LIMITED = Counter(
+    "dialog_gateway_rate_limited_total",
+    "Requests refused by a limit, by surface and limit.",
+    ["surface", "limit"],
+    registry=REGISTRY,
+)
+BACKEND_UP = Gauge(
+    "dialog_gateway_backend_up",
+    "1 when the back-end's health check reports SERVING, else 0.",
+    ["backend"],
+    registry=REGISTRY,
+)
+
+AUTH_REASONS = {
+    "missing bearer token": "missing",
+    "authorization must be 'Bearer <token>'": "malformed",
+    "malformed token": "malformed",
+    "token algorithm not allowed": "algorithm",
+    "token expired": "expired",
+    "invalid token": "invalid",
+    "token has no subject": "invalid",
+}
+
+
+def auth_reason(message: str) -> str:
+    """A bounded label for an authentication failure message."""
+    return AUTH_REASONS.get(message, "other")

@@ -1,0 +1,147 @@
+"""JSON <-> protobuf translation of the ``Message`` envelope (pure, no I/O).
+
+The JSON mapping is protobuf's canonical proto3 JSON mapping with two
+conveniences: field names are written in their proto form (``reply_to``), and
+``role`` is the lower-case short name (``"user"``). Both the proto form
+(``"ROLE_USER"``) and lowerCamel field names are accepted on input.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Any
+
+from google.protobuf import json_format
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from dialog.v1 import message_pb2
+from gateway.errors import DialogError, InvalidMessage, MessageTooLarge
+
+Message = message_pb2.Message
+
+ROLE_PREFIX = "ROLE_"
+ACK = "ack"
+ERROR = "error"
+DELTA = "delta"
+AUTH = "auth"
+MAX_ID_CHARS = 128
+
+
+def _role_in(value: Any) -> Any:
+    if isinstance(value, str) and not value.upper().startswith(ROLE_PREFIX):
+        return ROLE_PREFIX + value.upper()
+    return value
+
+
+def _role_out(value: str) -> str:
+    return value.removeprefix(ROLE_PREFIX).lower()
+
+
+def decode_json(raw: bytes | str, max_bytes: int) -> Any:
+    """Parse JSON text, enforcing the size limit first."""
+    size = len(raw.encode() if isinstance(raw, str) else raw)
+    if size > max_bytes:
+        raise MessageTooLarge(f"message is {size} bytes; the limit is {max_bytes}")
+    try:
+        return json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise InvalidMessage(f"malformed JSON: {exc}") from exc
+
+
+def message_from_dict(data: Any) -> Message:
+    """Build and validate a client ``Message`` from decoded JSON."""
+    if not isinstance(data, dict):
+        raise InvalidMessage("a message must be a JSON object")
+    data = dict(data)
+    if "role" in data:
+        data["role"] = _role_in(data["role"])
+    msg = Message()
+    try:
+        json_format.ParseDict(data, msg, ignore_unknown_fields=False)
+    except (json_format.ParseError, TypeError, ValueError) as exc:
+        raise InvalidMessage(_parse_error_text(exc)) from exc
+    if not msg.HasField("content"):
+        raise InvalidMessage("'content' is required")
+    if not msg.content.type:
+        raise InvalidMessage("'content.type' is required")
+    if len(msg.id) > MAX_ID_CHARS:
+        raise InvalidMessage(f"'id' is longer than {MAX_ID_CHARS} characters")
+    return msg
+
+
+def _parse_error_text(exc: Exception) -> str:
+    # json_format messages name the field and the problem; keep the first line only.
+    text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    return f"invalid message: {text[:300]}"
+
+
+def parse_message(raw: bytes | str, max_bytes: int) -> Message:
+    """Decode one JSON text into a validated ``Message``."""
+    return message_from_dict(decode_json(raw, max_bytes))
+
+
+def message_to_dict(msg: Message) -> dict[str, Any]:
+    """The JSON form of a ``Message`` (proto field names, short role)."""
+    data: dict[str, Any] = json_format.MessageToDict(msg, preserving_proto_field_name=True)
+    if "role" in data:
+        data["role"] = _role_out(data["role"])
+    return data
+
+
+def message_to_json(msg: Message) -> str:
+    """Compact JSON text of a ``Message``."""
+    return json.dumps(message_to_dict(msg), separators=(",", ":"), ensure_ascii=False)
+
+
+def accept_client_message(
+    msg: Message, *, now_s: float, new_id: Callable[[], str]
+) -> Message:
+    """Check a client message and set the server-owned fields.
+
+    Clients may write only as ``user``. The gateway owns ``timestamp`` and
+    ``seq`` and assigns an ``id`` when the client sent none.
+    """
+    if msg.role not in (message_pb2.ROLE_UNSPECIFIED, message_pb2.ROLE_USER):
+        raise InvalidMessage("clients may only send messages with role 'user'")
+    out = Message()
+    out.CopyFrom(msg)
+    out.role = message_pb2.ROLE_USER
+    if not out.id:
+        out.id = new_id()
+    out.seq = 0
+    out.context.reply_to = ""
+    set_time(out, now_s)
+    return out
+
+
+def set_time(msg: Message, now_s: float) -> None:
+    """Stamp ``msg.timestamp`` from a clock reading in seconds."""
+    ts = Timestamp()
+    ts.FromNanoseconds(int(now_s * 1e9))
+    msg.timestamp.CopyFrom(ts)
+
+
+def make_ack(msg: Message) -> Message:
+    """The ack for an accepted message: same id and seq, ``content.type`` "ack"."""
+    ack = Message(id=msg.id, role=message_pb2.ROLE_SYSTEM, seq=msg.seq)
+    ack.content.type = ACK
+    ack.context.reply_to = msg.id
+    ack.context.conversation_id = msg.context.conversation_id
+    ack.timestamp.CopyFrom(msg.timestamp)
+    return ack
+
+
+def make_error(err: DialogError, reply_to: str = "") -> Message:
+    """An in-band error message (``content.type`` "error") for streams and sockets."""
+    out = Message(role=message_pb2.ROLE_SYSTEM)
+    out.content.type = ERROR
+    out.content.text = err.message
+    out.content.data.update({"code": err.code, "message": err.message})
+    out.context.reply_to = reply_to
+    return out
+
+
+def is_final(msg: Message) -> bool:
+    """True for the reply that ends a request: not a delta and not an event."""
+    return msg.content.type != DELTA and msg.role != message_pb2.ROLE_EVENT
