@@ -74,9 +74,15 @@ def make_ca(now: dt.datetime) -> tuple[Issued, ec.EllipticCurvePrivateKey, x509.
         .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
         .add_extension(
             x509.KeyUsage(
-                digital_signature=True, key_cert_sign=True, crl_sign=True,
-                content_commitment=False, key_encipherment=False, data_encipherment=False,
-                key_agreement=False, encipher_only=False, decipher_only=False,
+                digital_signature=True,
+                key_cert_sign=True,
+                crl_sign=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                encipher_only=False,
+                decipher_only=False,
             ),
             critical=True,
         )
@@ -142,7 +148,9 @@ def create_dev_certs(
     now = dt.datetime.now(dt.UTC)
     ca, ca_key, ca_cert = make_ca(now)
     _write(directory, "ca", ca)
-    _write(directory, "gateway", issue(ca_key, ca_cert, "dialog-gateway", hosts=GATEWAY_HOSTS, now=now))
+    _write(
+        directory, "gateway", issue(ca_key, ca_cert, "dialog-gateway", hosts=GATEWAY_HOSTS, now=now)
+    )
     _write(
         directory,
         "gateway-client",

@@ -12,10 +12,10 @@ import json
 from collections.abc import Callable
 from typing import Any
 
+from dialog.v1 import message_pb2
 from google.protobuf import json_format
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from dialog.v1 import message_pb2
 from gateway.errors import DialogError, InvalidMessage, MessageTooLarge
 
 Message = message_pb2.Message
@@ -61,13 +61,18 @@ def message_from_dict(data: Any) -> Message:
         json_format.ParseDict(data, msg, ignore_unknown_fields=False)
     except (json_format.ParseError, TypeError, ValueError) as exc:
         raise InvalidMessage(_parse_error_text(exc)) from exc
+    validate_client_message(msg)
+    return msg
+
+
+def validate_client_message(msg: Message) -> None:
+    """The checks every surface applies to a client's message."""
     if not msg.HasField("content"):
         raise InvalidMessage("'content' is required")
     if not msg.content.type:
         raise InvalidMessage("'content.type' is required")
     if len(msg.id) > MAX_ID_CHARS:
         raise InvalidMessage(f"'id' is longer than {MAX_ID_CHARS} characters")
-    return msg
 
 
 def _parse_error_text(exc: Exception) -> str:
@@ -94,9 +99,7 @@ def message_to_json(msg: Message) -> str:
     return json.dumps(message_to_dict(msg), separators=(",", ":"), ensure_ascii=False)
 
 
-def accept_client_message(
-    msg: Message, *, now_s: float, new_id: Callable[[], str]
-) -> Message:
+def accept_client_message(msg: Message, *, now_s: float, new_id: Callable[[], str]) -> Message:
     """Check a client message and set the server-owned fields.
 
     Clients may write only as ``user``. The gateway owns ``timestamp`` and

@@ -1,0 +1,224 @@
+"""``dialog-gateway``: run the gateway and its reference back-ends, and talk to them.
+
+This is the only module that reads the process environment: it merges ``.env``
+(if present) under the real environment and passes the result down.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import getpass
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+from dotenv import dotenv_values
+
+from gateway.auth import mint_token
+from gateway.config import ConfigError, GatewayConfig, load_config
+
+log = logging.getLogger("dialog_gateway")
+BACKENDS = ("chat", "tasks")
+
+
+def environment(base_dir: Path) -> dict[str, str]:
+    """``.env`` values, overridden by the real environment (12-factor)."""
+    values = {k: v for k, v in dotenv_values(base_dir / ".env").items() if v is not None}
+    values.update(os.environ)
+    return values
+
+
+def _setup_logging(env: Mapping[str, str]) -> None:
+    logging.basicConfig(
+        level=env.get("LOG_LEVEL", "INFO").upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+def _run(main: Any) -> None:
+    """Run a coroutine on uvloop."""
+    import uvloop
+
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        runner.run(main)
+
+
+def _config(env: Mapping[str, str]) -> GatewayConfig:
+    try:
+        return load_config(env, Path.cwd())
+    except ConfigError as exc:
+        raise SystemExit(f"dialog-gateway: configuration error: {exc}") from None
+
+
+def cmd_serve(args: argparse.Namespace, env: Mapping[str, str]) -> int:
+    from gateway.server import serve
+
+    config = _config(env)
+    _run(serve(config, Path.cwd()))
+    return 0
+
+
+def cmd_backend(args: argparse.Namespace, env: Mapping[str, str]) -> int:
+    if args.name == "chat":
+        from adapters.chat.server import run
+    else:
+        from adapters.tasks.server import run
+    try:
+        _run(run(env))
+    except ValueError as exc:
+        raise SystemExit(
+            f"dialog-gateway backend {args.name}: configuration error: {exc}"
+        ) from None
+    return 0
+
+
+def cmd_certs(args: argparse.Namespace, env: Mapping[str, str]) -> int:
+    from gateway.certs import create_dev_certs
+
+    made = create_dev_certs(Path(args.dir), force=args.force)
+    print(f"{'created' if made else 'kept existing'} development certificates in {args.dir}/")
+    return 0
+
+
+def _mint(
+    env: Mapping[str, str], subject: str, ttl_s: int | None = None, scopes: tuple[str, ...] = ()
+) -> str:
+    config = _config(env)
+    return mint_token(
+        config.jwt_secret,
+        subject,
+        now_s=time.time(),
+        ttl_s=ttl_s or config.token_ttl_s,
+        issuer=config.jwt_issuer,
+        audience=config.jwt_audience,
+        scopes=scopes,
+    )
+
+
+def cmd_token(args: argparse.Namespace, env: Mapping[str, str]) -> int:
+    print(_mint(env, args.sub, args.ttl, tuple(args.scope)))
+    return 0
+
+
+def _client_target(args: argparse.Namespace, env: Mapping[str, str]) -> tuple[str, str, str | None]:
+    config = _config(env)
+    scheme = "wss" if config.tls else "ws"
+    url = args.url or f"{scheme}://localhost:{config.port}/ws"
+    token = args.token or env.get("TOKEN") or _mint(env, args.sub)
+    ca_file = args.cacert if config.tls or url.startswith("wss") else None
+    return url, token, ca_file
+
+
+def cmd_send(args: argparse.Namespace, env: Mapping[str, str]) -> int:
+    from gateway.client import send
+
+    url, token, ca_file = _client_target(args, env)
+    return asyncio.run(
+        send(url, token, args.text, service=args.service, ca_file=ca_file, out=sys.stdout)
+    )
+
+
+def cmd_chat(args: argparse.Namespace, env: Mapping[str, str]) -> int:
+    from gateway.client import chat
+
+    url, token, ca_file = _client_target(args, env)
+    return asyncio.run(
+        chat(url, token, service=args.service, ca_file=ca_file, stdin=sys.stdin, out=sys.stdout)
+    )
+
+
+def cmd_up(args: argparse.Namespace, env: Mapping[str, str]) -> int:
+    """Start the reference back-ends and the gateway; stop them all on Ctrl-C."""
+    _config(env)
+    exe = [sys.executable, "-m", "gateway"]
+    commands = [[*exe, "backend", name] for name in BACKENDS] + [[*exe, "serve"]]
+    children = [subprocess.Popen(cmd, env=dict(env)) for cmd in commands]
+    for command, child in zip(commands, children, strict=True):
+        log.info("started %s (pid %d)", " ".join(command[3:]), child.pid)
+
+    def stop(*_: object) -> None:
+        for child in children:
+            if child.poll() is None:
+                child.send_signal(signal.SIGTERM)
+
+    signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGTERM, stop)
+    code = 0
+    try:
+        while all(child.poll() is None for child in children):
+            time.sleep(0.2)
+        code = next((c.returncode for c in children if c.returncode not in (None, 0)), 0)
+    finally:
+        stop()
+        for child in children:
+            try:
+                child.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                child.kill()
+    return code
+
+
+def _client_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--url", help="WebSocket URL (default: wss://localhost:$PORT/ws)")
+    p.add_argument("--token", help="bearer token (default: $TOKEN, else a fresh dev token)")
+    p.add_argument("--sub", default=getpass.getuser(), help="subject of the dev token")
+    p.add_argument("--service", default="", help="target service (default route when empty)")
+    p.add_argument(
+        "--cacert", default="certs/ca.pem", help="CA file for wss:// (default: certs/ca.pem)"
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="dialog-gateway", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    commands: dict[str, tuple[Callable[..., int], str]] = {
+        "up": (cmd_up, "start the gateway and the reference back-ends (what 'make run' starts)"),
+        "serve": (cmd_serve, "run the gateway process"),
+        "backend": (cmd_backend, "run a reference back-end: chat or tasks"),
+        "certs": (cmd_certs, "create the development CA and certificates"),
+        "token": (cmd_token, "print a short-lived development token"),
+        "send": (cmd_send, "send one message over WebSocket and print the streamed reply"),
+        "chat": (cmd_chat, "interactive WebSocket chat"),
+    }
+    for name, (func, help_text) in commands.items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        p.set_defaults(func=func)
+        if name == "backend":
+            p.add_argument("name", choices=BACKENDS)
+        elif name == "certs":
+            p.add_argument("--dir", default="certs", help="output folder (default: certs)")
+            p.add_argument("--force", action="store_true", help="replace existing certificates")
+        elif name == "token":
+            p.add_argument(
+                "--sub", default=getpass.getuser(), help="subject (default: current user)"
+            )
+            p.add_argument(
+                "--ttl", type=int, help="lifetime in seconds (default: TOKEN_TTL_S, 900)"
+            )
+            p.add_argument(
+                "--scope", action="append", default=[], help="a scope to grant (repeatable)"
+            )
+        elif name == "send":
+            p.add_argument("text", help="message text")
+            _client_args(p)
+        elif name == "chat":
+            _client_args(p)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    env = environment(Path.cwd())
+    _setup_logging(env)
+    try:
+        return int(args.func(args, env))
+    except KeyboardInterrupt:
+        return 130

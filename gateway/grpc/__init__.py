@@ -1,0 +1,1 @@
+"""The public gRPC surface: ``dialog.v1.Gateway``, health and reflection."""

@@ -1,0 +1,22 @@
+"""Map the gateway's errors onto gRPC status codes (the one place it happens)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import grpc
+
+from gateway.errors import DialogError
+
+Context = grpc.aio.ServicerContext[Any, Any]
+
+
+def status_of(error: DialogError) -> grpc.StatusCode:
+    return grpc.StatusCode[error.grpc_status]
+
+
+async def abort(context: Context, error: DialogError) -> None:
+    """End the call with the error's status; its message is safe to show."""
+    if error.retry_after_s is not None:
+        context.set_trailing_metadata((("retry-after", str(max(1, round(error.retry_after_s)))),))
+    await context.abort(status_of(error), error.message)

@@ -1,0 +1,137 @@
+"""``dialog.v1.Gateway`` over native gRPC: translation only, the work is in ``DialogService``."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator
+
+from dialog.v1 import gateway_pb2, gateway_pb2_grpc, message_pb2
+
+from gateway import metrics
+from gateway.auth import Identity
+from gateway.conversation import Conversation
+from gateway.errors import DialogError, Internal
+from gateway.grpc.errors import Context, abort
+from gateway.service import DialogService
+from gateway.translate import make_ack, validate_client_message
+
+log = logging.getLogger(__name__)
+SURFACE = "grpc"
+
+
+def _authorization(context: Context) -> str | None:
+    for key, value in context.invocation_metadata() or ():
+        if key == "authorization":
+            return str(value)
+    return None
+
+
+class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
+    """Send, Converse and Subscribe for native gRPC clients."""
+
+    def __init__(self, service: DialogService):
+        self._service = service
+
+    def _identity(self, context: Context) -> Identity:
+        return self._service.authenticate(_authorization(context), SURFACE)
+
+    async def Send(
+        self, request: gateway_pb2.SendRequest, context: Context
+    ) -> AsyncIterator[gateway_pb2.SendResponse]:
+        started, code = time.monotonic(), "OK"
+        try:
+            identity = self._identity(context)
+            validate_client_message(request.message)
+            stored, backend = self._service.admit(identity, request.message, SURFACE)
+            yield gateway_pb2.SendResponse(message=make_ack(stored))
+            upstreams = self._service.upstreams(identity)
+            try:
+                async for reply in self._service.replies(upstreams, identity, backend, stored):
+                    yield gateway_pb2.SendResponse(message=reply)
+            finally:
+                await upstreams.aclose()
+        except DialogError as exc:
+            code = exc.grpc_status
+            await abort(context, exc)
+        finally:
+            _observe("Send", code, started)
+
+    async def Converse(
+        self,
+        request_iterator: AsyncIterator[gateway_pb2.ConverseRequest],
+        context: Context,
+    ) -> AsyncIterator[gateway_pb2.ConverseResponse]:
+        started, code = time.monotonic(), "OK"
+        try:
+            identity = self._identity(context)
+        except DialogError as exc:
+            _observe("Converse", exc.grpc_status, started)
+            await abort(context, exc)
+            return
+        outbox: asyncio.Queue[message_pb2.Message | None] = asyncio.Queue(
+            self._service.config.outbound_queue_max
+        )
+        pump = asyncio.create_task(
+            self._pump(identity, request_iterator, outbox), name="converse-requests"
+        )
+        try:
+            while (msg := await outbox.get()) is not None:
+                yield gateway_pb2.ConverseResponse(message=msg)
+            await pump
+        except DialogError as exc:
+            code = exc.grpc_status
+            await abort(context, exc)
+        finally:
+            pump.cancel()
+            await asyncio.gather(pump, return_exceptions=True)
+            _observe("Converse", code, started)
+
+    async def _pump(
+        self,
+        identity: Identity,
+        requests: AsyncIterator[gateway_pb2.ConverseRequest],
+        outbox: asyncio.Queue[message_pb2.Message | None],
+    ) -> None:
+        try:
+            async with Conversation(self._service, identity, SURFACE, outbox.put) as conv:
+                async for request in requests:
+                    try:
+                        validate_client_message(request.message)
+                    except DialogError as exc:
+                        await conv.fail(exc, request.message.id)
+                        continue
+                    await conv.submit(request.message)
+                await conv.drain()
+        except Exception:
+            log.exception("converse stream failed")
+            raise Internal() from None
+        finally:
+            await outbox.put(None)
+
+    async def Subscribe(
+        self, request: gateway_pb2.SubscribeRequest, context: Context
+    ) -> AsyncIterator[gateway_pb2.SubscribeResponse]:
+        started, code = time.monotonic(), "OK"
+        try:
+            identity = self._identity(context)
+            sub, _complete = self._service.hub.subscribe(identity.subject, request.after_seq)
+            try:
+                # Headers now, so the client knows the subscription is live.
+                await context.send_initial_metadata(())
+                async for msg in sub:
+                    yield gateway_pb2.SubscribeResponse(message=msg)
+            finally:
+                self._service.hub.unsubscribe(identity.subject, sub)
+        except DialogError as exc:
+            code = exc.grpc_status
+            await abort(context, exc)
+        finally:
+            _observe("Subscribe", code, started)
+
+
+def _observe(method: str, code: str, started: float) -> None:
+    metrics.REQUEST_SECONDS.labels(surface=SURFACE, method=method, code=code).observe(
+        time.monotonic() - started
+    )

@@ -1,0 +1,172 @@
+"""The health monitor: probes every back-end over its mTLS channel and publishes the result.
+
+Each round calls ``grpc.health.v1.Health/Check`` (service ``""``) on every back-end at
+once, each call with a deadline of ``timeout_ms``, and feeds the results to the pure
+``HealthTable``. It then publishes the table: the ``dialog_gateway_backend_up`` gauge,
+and the gateway's own gRPC health service (one service per back-end name, and the
+whole gateway under ``""``, SERVING iff every required back-end is SERVING).
+
+Rounds start every ``interval_ms`` (or as soon as the previous one ends, if it took
+longer), so a back-end that stops answering shows NOT_SERVING within
+``interval_ms + timeout_ms``. The gateway owns the channels and the servicer; the
+monitor only uses them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health_pb2
+
+# grpc-stubs does not declare ``health.aio`` (an alias of ``_async``); the module exists.
+from grpc_health.v1.health import aio as health_aio  # type: ignore[attr-defined]
+
+from gateway import metrics
+from gateway.health_state import OVERALL_SERVICE, BackendHealth, HealthTable, Status
+
+log = logging.getLogger(__name__)
+
+CHECK_METHOD = "/grpc.health.v1.Health/Check"
+# The gRPC deadline ends each call; this margin only guards against a call that
+# outlives its deadline (e.g. a channel stuck while closing).
+_DEADLINE_MARGIN_S = 0.5
+
+_PB_STATUS: Mapping[Status, Any] = {
+    Status.SERVING: health_pb2.HealthCheckResponse.SERVING,
+    Status.NOT_SERVING: health_pb2.HealthCheckResponse.NOT_SERVING,
+    Status.UNKNOWN: health_pb2.HealthCheckResponse.UNKNOWN,
+}
+
+
+@dataclass(frozen=True)
+class _CheckEnded:
+    """One probe's outcome, before it is recorded."""
+
+    name: str
+    ok: bool
+    latency_s: float
+    reason: str
+
+
+class HealthMonitor:
+    """Checks every back-end periodically and publishes their health.
+
+    ``channels`` and ``required`` must name the same back-ends. ``clock`` gives unix
+    seconds for ``last_success_at``; latencies use the event loop's monotonic clock.
+    """
+
+    def __init__(
+        self,
+        channels: Mapping[str, grpc.aio.Channel],
+        required: Mapping[str, bool],
+        *,
+        interval_ms: int,
+        timeout_ms: int,
+        servicer: health_aio.HealthServicer | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        if set(channels) != set(required):
+            raise ValueError(
+                f"health: channels {sorted(channels)} and required {sorted(required)} differ"
+            )
+        if interval_ms <= 0 or timeout_ms <= 0:
+            raise ValueError("health: interval_ms and timeout_ms must be positive")
+        self._table = HealthTable({name: required[name] for name in channels})
+        self._checks = {
+            name: channel.unary_unary(
+                CHECK_METHOD,
+                request_serializer=health_pb2.HealthCheckRequest.SerializeToString,
+                response_deserializer=health_pb2.HealthCheckResponse.FromString,
+            )
+            for name, channel in channels.items()
+        }
+        self._interval_s = interval_ms / 1000
+        self._timeout_s = timeout_ms / 1000
+        self._servicer = servicer
+        self._clock = clock
+
+    async def run(self) -> None:
+        """Check all back-ends every ``interval_ms`` until cancelled.
+
+        Publishes the initial state first: before the first check every back-end
+        is UNKNOWN and the gateway is NOT_SERVING.
+        """
+        loop = asyncio.get_running_loop()
+        await self._publish()
+        while True:
+            started = loop.time()
+            await self.check_once()
+            await asyncio.sleep(max(0.0, self._interval_s - (loop.time() - started)))
+
+    async def check_once(self) -> None:
+        """One round: probe every back-end concurrently, record the results, publish."""
+        async with asyncio.TaskGroup() as group:
+            probes = [
+                group.create_task(self._probe(name), name=f"health-check-{name}")
+                for name in self._checks
+            ]
+        for probe in probes:
+            self._record(probe.result())
+        await self._publish()
+
+    def snapshot(self) -> dict[str, Any]:
+        """The ``/health`` JSON body (see ``HealthTable.to_json``)."""
+        return self._table.to_json()
+
+    def overall_ok(self) -> bool:
+        """True when every required back-end is SERVING."""
+        return self._table.overall_ok()
+
+    def backend(self, name: str) -> BackendHealth:
+        """The current record of one back-end; ``KeyError`` if unknown."""
+        return self._table[name]
+
+    async def _probe(self, name: str) -> _CheckEnded:
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        request = health_pb2.HealthCheckRequest(service=OVERALL_SERVICE)
+        try:
+            async with asyncio.timeout(self._timeout_s + _DEADLINE_MARGIN_S):
+                reply = await self._checks[name](request, timeout=self._timeout_s)
+        except grpc.aio.AioRpcError as exc:
+            reason = f"check failed: {exc.code().name}"
+        except grpc.aio.UsageError:
+            reason = "check failed: channel closed"
+        except TimeoutError:
+            reason = "check failed: no reply before the deadline"
+        else:
+            status = health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
+            ok = reply.status == health_pb2.HealthCheckResponse.SERVING
+            return _CheckEnded(name, ok, loop.time() - started, f"reported {status}")
+        return _CheckEnded(name, False, loop.time() - started, reason)
+
+    def _record(self, ended: _CheckEnded) -> None:
+        before = self._table[ended.name].status
+        after = self._table.record(ended.name, ended.ok, ended.latency_s, self._clock()).status
+        if after is before:
+            log.debug("backend %s %s", ended.name, ended.reason)
+        elif after is Status.SERVING:
+            log.info("backend %s is SERVING (was %s)", ended.name, before.value)
+        else:
+            log.warning("backend %s is %s: %s", ended.name, after.value, ended.reason)
+
+    async def _publish(self) -> None:
+        for backend in self._table:
+            up = 1 if backend.status is Status.SERVING else 0
+            metrics.BACKEND_UP.labels(backend=backend.name).set(up)
+        if self._servicer is None:
+            return
+        statuses = {b.name: b.status for b in self._table}
+        statuses[OVERALL_SERVICE] = self._table.overall_status()
+        for service, status in statuses.items():
+            # The asyncio servicer's set() is a coroutine; the threaded one's is not.
+            result = self._servicer.set(service, _PB_STATUS[status])
+            if inspect.isawaitable(result):
+                await result

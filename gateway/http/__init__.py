@@ -1,0 +1,1 @@
+"""The HTTPS surface: ``POST /messages``, ``/events/stream``, ``/ws``, ``/health``, ``/metrics``."""

@@ -1,0 +1,96 @@
+"""``POST /messages``: one message in; its stored form and final replies out, or an SSE stream."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+
+from dialog.v1 import message_pb2
+from starlette.requests import Request
+from starlette.responses import Response, StreamingResponse
+
+from gateway import metrics
+from gateway.auth import Identity
+from gateway.errors import DialogError, InvalidMessage
+from gateway.http.body import read_limited
+from gateway.http.responses import error_response, json_response
+from gateway.http.sse import sse_event
+from gateway.service import DialogService
+from gateway.translate import (
+    DELTA,
+    ERROR,
+    make_ack,
+    make_error,
+    message_to_dict,
+    message_to_json,
+    parse_message,
+)
+
+SURFACE = "http"
+EVENT_STREAM = "text/event-stream"
+IDEMPOTENCY_HEADER = "idempotency-key"
+
+
+async def post_message(request: Request) -> Response:
+    service: DialogService = request.app.state.service
+    started, code = time.monotonic(), 200
+    try:
+        identity = service.authenticate(request.headers.get("authorization"), SURFACE)
+        if request.headers.get("content-type", "").split(";")[0].strip() not in (
+            "",
+            "application/json",
+        ):
+            raise InvalidMessage("Content-Type must be application/json")
+        msg = parse_message(
+            await read_limited(request, service.config.max_message_bytes),
+            service.config.max_message_bytes,
+        )
+        key = request.headers.get(IDEMPOTENCY_HEADER)
+        if key and not msg.id:
+            msg.id = key
+        stored, backend = service.admit(identity, msg, SURFACE)
+        if EVENT_STREAM in request.headers.get("accept", ""):
+            return StreamingResponse(
+                _stream(service, identity, backend, stored),
+                media_type=EVENT_STREAM,
+                headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
+            )
+        replies = await _collect(service, identity, backend, stored)
+        return json_response({"message": message_to_dict(stored), "replies": replies})
+    except DialogError as exc:
+        code = exc.http_status
+        return error_response(exc)
+    finally:
+        metrics.REQUEST_SECONDS.labels(
+            surface=SURFACE, method="POST /messages", code=str(code)
+        ).observe(time.monotonic() - started)
+
+
+async def _collect(
+    service: DialogService, identity: Identity, backend: str, msg: message_pb2.Message
+) -> list[dict[str, object]]:
+    """The final reply and the events; deltas are left out of the JSON answer."""
+    upstreams = service.upstreams(identity)
+    try:
+        return [
+            message_to_dict(reply)
+            async for reply in service.replies(upstreams, identity, backend, msg)
+            if reply.content.type != DELTA
+        ]
+    finally:
+        await upstreams.aclose()
+
+
+async def _stream(
+    service: DialogService, identity: Identity, backend: str, msg: message_pb2.Message
+) -> AsyncIterator[bytes]:
+    """Ack, then every reply as it comes; an error after the start is an in-band event."""
+    yield sse_event(message_to_json(make_ack(msg)), event="ack", event_id=msg.seq)
+    upstreams = service.upstreams(identity)
+    try:
+        async for reply in service.replies(upstreams, identity, backend, msg):
+            yield sse_event(message_to_json(reply), event="message", event_id=reply.seq)
+    except DialogError as exc:
+        yield sse_event(message_to_json(make_error(exc, msg.id)), event=ERROR)
+    finally:
+        await upstreams.aclose()

@@ -1,0 +1,1 @@
+"""The WebSocket bridge at ``GET /ws`` (subprotocol ``dialog.v1.json``)."""
