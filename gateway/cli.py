@@ -22,6 +22,7 @@ from typing import Any
 from dotenv import dotenv_values
 
 from gateway.auth import mint_token
+from gateway.client.frames import CHAT_HELP
 from gateway.config import ConfigError, GatewayConfig, load_config
 
 log = logging.getLogger("dialog_gateway")
@@ -108,13 +109,15 @@ def cmd_token(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     return 0
 
 
-def _client_target(args: argparse.Namespace, env: Mapping[str, str]) -> tuple[str, str, str | None]:
-    config = _config(env)
-    scheme = "wss" if config.tls else "ws"
-    url = args.url or f"{scheme}://localhost:{config.port}/ws"
+def _client_target(
+    args: argparse.Namespace, env: Mapping[str, str]
+) -> tuple[str, str, str | None]:
+    url = args.url
+    if not url:
+        config = _config(env)
+        url = f"{'wss' if config.tls else 'ws'}://localhost:{config.port}/ws"
     token = args.token or env.get("TOKEN") or _mint(env, args.sub)
-    ca_file = args.cacert if config.tls or url.startswith("wss") else None
-    return url, token, ca_file
+    return url, token, args.cacert if url.startswith("wss") else None
 
 
 def cmd_send(args: argparse.Namespace, env: Mapping[str, str]) -> int:
@@ -211,6 +214,8 @@ def build_parser() -> argparse.ArgumentParser:
             _client_args(p)
         elif name == "chat":
             _client_args(p)
+            p.epilog = CHAT_HELP
+            p.formatter_class = argparse.RawDescriptionHelpFormatter
     return parser
 
 

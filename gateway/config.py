@@ -114,8 +114,13 @@ _FALSE = {"0", "false", "no", "off"}
 
 def _coerce(name: str, raw: Any, kind: Any) -> Any:
     """Turn a JSON or environment value into the field's type, or fail naming ``name``."""
+    kind = getattr(kind, "__name__", kind)
+    if isinstance(kind, str) and kind.endswith(" | None"):
+        if raw is None:
+            return None
+        kind = kind.removesuffix(" | None")
     try:
-        if kind in (bool, "bool"):
+        if kind == "bool":
             if isinstance(raw, bool):
                 return raw
             text = str(raw).strip().lower()
@@ -124,22 +129,41 @@ def _coerce(name: str, raw: Any, kind: Any) -> Any:
             if text in _FALSE:
                 return False
             raise ValueError(raw)
-        if kind in (int, "int"):
-            if isinstance(raw, bool):
+        if kind in ("int", "float"):
+            if isinstance(raw, bool) or (
+                isinstance(raw, float) and kind == "int" and not raw.is_integer()
+            ):
                 raise ValueError(raw)
-            value = int(raw)
+            value = int(raw) if kind == "int" else float(raw)
             if value < 0:
                 raise ValueError(raw)
             return value
-        return str(raw)
-    except ValueError:
+        if kind == "str":
+            if not isinstance(raw, str | int):
+                raise ValueError(raw)
+            return str(raw)
+        raise ValueError(raw)
+    except (TypeError, ValueError):
         raise ConfigError(f"{name}: invalid value {raw!r} (expected {kind})") from None
 
 
-def _read_json(path: Path) -> dict[str, Any]:
+def _build(cls: Any, values: Mapping[str, Any], source: str) -> Any:
+    """A config dataclass from a mapping, each value coerced to its field's type."""
+    if not isinstance(values, Mapping):
+        raise ConfigError(f"{source}: expected a JSON object")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = set(values) - set(fields)
+    if unknown:
+        raise ConfigError(f"{source}: unknown key {sorted(unknown)[0]!r}")
+    return cls(**{k: _coerce(f"{source}.{k}", v, fields[k].type) for k, v in values.items()})
+
+
+def _read_json(path: Path, *, required: bool = False) -> dict[str, Any]:
     try:
         data = json.loads(path.read_text())
     except FileNotFoundError:
+        if required:
+            raise ConfigError(f"{path}: file not found") from None
         return {}
     except (OSError, json.JSONDecodeError) as exc:
         raise ConfigError(f"{path}: cannot read JSON ({exc})") from exc
@@ -155,24 +179,24 @@ def _load_routes(data: Mapping[str, Any], env: Mapping[str, str], source: str) -
             raise ConfigError(f"{source}: every backend needs a name and a target")
         name = str(entry["name"])
         prefix = f"BACKEND_{name.upper().replace('-', '_')}_"
-        retry = RetryPolicy(**entry.get("retry", {}))
-        values: dict[str, Any] = {k: v for k, v in entry.items() if k not in ("retry",)}
+        where = f"{source}: backend {name!r}"
+        retry = _build(RetryPolicy, entry.get("retry", {}), f"{where}.retry")
+        values = {k: v for k, v in entry.items() if k != "retry"}
+        unknown = set(values) - {f.name for f in dataclasses.fields(BackendConfig)}
+        if unknown:
+            raise ConfigError(f"{where}: unknown key {sorted(unknown)[0]!r}")
+        fields = {f.name: f for f in dataclasses.fields(BackendConfig)}
+        coerced = {k: _coerce(f"{where}.{k}", v, fields[k].type) for k, v in values.items()}
         for key in ("target", "ca_file", "cert_file", "key_file", "server_name", "timeout_ms"):
             if prefix + key.upper() in env:
-                values[key] = env[prefix + key.upper()]
-        if "timeout_ms" in values:
-            values["timeout_ms"] = _coerce(prefix + "TIMEOUT_MS", values["timeout_ms"], int)
-        try:
-            backends.append(BackendConfig(retry=retry, **values))
-        except TypeError as exc:
-            raise ConfigError(f"{source}: backend {name!r}: {exc}") from exc
+                coerced[key] = _coerce(
+                    prefix + key.upper(), env[prefix + key.upper()], fields[key].type
+                )
+        backends.append(BackendConfig(retry=retry, **coerced))
     names = {b.name for b in backends}
     rules = []
     for entry in data.get("rules", []):
-        try:
-            rule = RouteRule(**entry)
-        except TypeError as exc:
-            raise ConfigError(f"{source}: rule {entry!r}: {exc}") from exc
+        rule = _build(RouteRule, entry, f"{source}: rule")
         if rule.backend not in names:
             raise ConfigError(f"{source}: rule names unknown backend {rule.backend!r}")
         rules.append(rule)
@@ -195,7 +219,8 @@ def load_config(env: Mapping[str, str], base_dir: Path = Path(".")) -> GatewayCo
     routes_path = Path(values.get("routes_file", GatewayConfig.routes_file))
     if not routes_path.is_absolute():
         routes_path = base_dir / routes_path
-    routes = _load_routes(_read_json(routes_path), env, str(routes_path))
+    explicit = "routes_file" in values
+    routes = _load_routes(_read_json(routes_path, required=explicit), env, str(routes_path))
     config = GatewayConfig(**values, routes=routes)
     _validate(config)
     return config

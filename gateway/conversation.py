@@ -17,7 +17,6 @@ from collections.abc import Awaitable, Callable
 from types import TracebackType
 
 from dialog.v1 import message_pb2
-
 from gateway.auth import Identity
 from gateway.errors import DialogError, Internal
 from gateway.service import DialogService

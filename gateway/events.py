@@ -11,7 +11,6 @@ import asyncio
 from collections.abc import AsyncIterator
 
 from dialog.v1 import message_pb2
-
 from gateway.errors import Overloaded
 from gateway.eventlog import EventLog
 

@@ -14,8 +14,8 @@ import time
 from collections.abc import AsyncIterator
 
 import grpc
-from dialog.v1 import message_pb2
 
+from dialog.v1 import message_pb2
 from gateway import metrics
 from gateway.backoff import backoff_delay_s
 from gateway.errors import BackendFailed, BackendTimeout, BackendUnavailable, DialogError

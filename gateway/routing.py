@@ -5,7 +5,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from dialog.v1 import message_pb2
-
 from gateway.config import RouteRule, RoutesConfig
 from gateway.errors import NoRoute
 

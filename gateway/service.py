@@ -12,7 +12,6 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 from dialog.v1 import message_pb2
-
 from gateway import metrics
 from gateway.auth import Identity, TokenVerifier, bearer_token
 from gateway.config import GatewayConfig

@@ -12,10 +12,10 @@ import json
 from collections.abc import Callable
 from typing import Any
 
-from dialog.v1 import message_pb2
 from google.protobuf import json_format
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from dialog.v1 import message_pb2
 from gateway.errors import DialogError, InvalidMessage, MessageTooLarge
 
 Message = message_pb2.Message
@@ -28,14 +28,19 @@ AUTH = "auth"
 MAX_ID_CHARS = 128
 
 
-def _role_in(value: Any) -> Any:
-    if isinstance(value, str) and not value.upper().startswith(ROLE_PREFIX):
-        return ROLE_PREFIX + value.upper()
-    return value
+def _role_in(value: Any) -> str:
+    if not isinstance(value, str):
+        raise InvalidMessage("'role' must be a string such as \"user\"")
+    return value.upper() if value.upper().startswith(ROLE_PREFIX) else ROLE_PREFIX + value.upper()
 
 
-def _role_out(value: str) -> str:
-    return value.removeprefix(ROLE_PREFIX).lower()
+def _role_out(value: Any) -> Any:
+    # An enum number this build does not know is rendered as the number.
+    return value.removeprefix(ROLE_PREFIX).lower() if isinstance(value, str) else value
+
+
+def _reject_constant(name: str) -> Any:
+    raise InvalidMessage(f"malformed JSON: {name} is not a JSON value")
 
 
 def decode_json(raw: bytes | str, max_bytes: int) -> Any:
@@ -44,7 +49,7 @@ def decode_json(raw: bytes | str, max_bytes: int) -> Any:
     if size > max_bytes:
         raise MessageTooLarge(f"message is {size} bytes; the limit is {max_bytes}")
     try:
-        return json.loads(raw)
+        return json.loads(raw, parse_constant=_reject_constant)
     except (ValueError, UnicodeDecodeError) as exc:
         raise InvalidMessage(f"malformed JSON: {exc}") from exc
 

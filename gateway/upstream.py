@@ -16,9 +16,9 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+
 from dialog.backend.v1 import backend_pb2, backend_pb2_grpc
 from dialog.v1 import message_pb2
-
 from gateway.config import BackendConfig, RoutesConfig
 from gateway.errors import InvalidMessage, Overloaded
 from gateway.translate import is_final

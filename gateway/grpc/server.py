@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import grpc
-from dialog.v1 import gateway_pb2, gateway_pb2_grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio  # type: ignore[attr-defined]
 from grpc_reflection.v1alpha import reflection
 
+from dialog.v1 import gateway_pb2, gateway_pb2_grpc
 from gateway.config import GatewayConfig
 from gateway.grpc.servicer import GatewayServicer
 from gateway.service import DialogService

@@ -8,7 +8,6 @@ import time
 from collections.abc import AsyncIterator
 
 from dialog.v1 import gateway_pb2, gateway_pb2_grpc, message_pb2
-
 from gateway import metrics
 from gateway.auth import Identity
 from gateway.conversation import Conversation

@@ -5,10 +5,10 @@ from __future__ import annotations
 import time
 from collections.abc import AsyncIterator
 
-from dialog.v1 import message_pb2
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
+from dialog.v1 import message_pb2
 from gateway import metrics
 from gateway.auth import Identity
 from gateway.errors import DialogError, InvalidMessage

@@ -13,9 +13,9 @@ import asyncio
 import contextlib
 import logging
 
-from dialog.v1 import message_pb2
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
+from dialog.v1 import message_pb2
 from gateway import metrics
 from gateway.auth import Identity
 from gateway.config import WS_SUBPROTOCOL

@@ -72,7 +72,8 @@ async def test_grpc_send_to_dead_backend_is_unavailable(stack_without_chat: Stac
     async with grpc.aio.secure_channel(s.grpc_target, creds) as ch:
         msg = message_pb2.Message(content=message_pb2.Content(type="text", text="x"))
         call = gateway_pb2_grpc.GatewayStub(ch).Send(
-            gateway_pb2.SendRequest(message=msg), metadata=(("authorization", f"Bearer {s.token()}"),)
+            gateway_pb2.SendRequest(message=msg),
+            metadata=(("authorization", f"Bearer {s.token()}"),),
         )
         replies = []
         with pytest.raises(grpc.aio.AioRpcError) as info:

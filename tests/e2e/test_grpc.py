@@ -33,7 +33,9 @@ def text(msg_id: str, body: str, service: str = "") -> message_pb2.Message:
 async def test_send_streams_ack_deltas_and_final(stack: Stack) -> None:
     async with channel(stack) as ch:
         stub = gateway_pb2_grpc.GatewayStub(ch)
-        call = stub.Send(gateway_pb2.SendRequest(message=text("g1", "hi there")), metadata=md(stack.token()))
+        call = stub.Send(
+            gateway_pb2.SendRequest(message=text("g1", "hi there")), metadata=md(stack.token())
+        )
         replies = [r.message async for r in call]
     assert replies[0].content.type == "ack" and replies[0].seq >= 1
     assert [r.content.type for r in replies[1:-1]] == ["delta", "delta"]
@@ -88,7 +90,8 @@ async def test_send_without_content_is_invalid_argument(stack: Stack) -> None:
     async with channel(stack) as ch:
         stub = gateway_pb2_grpc.GatewayStub(ch)
         call = stub.Send(
-            gateway_pb2.SendRequest(message=message_pb2.Message(id="empty")), metadata=md(stack.token())
+            gateway_pb2.SendRequest(message=message_pb2.Message(id="empty")),
+            metadata=md(stack.token()),
         )
         with pytest.raises(grpc.aio.AioRpcError) as info:
             async for _ in call:
@@ -99,7 +102,9 @@ async def test_send_without_content_is_invalid_argument(stack: Stack) -> None:
 async def test_unknown_service_is_unimplemented(stack: Stack) -> None:
     async with channel(stack) as ch:
         stub = gateway_pb2_grpc.GatewayStub(ch)
-        call = stub.Send(gateway_pb2.SendRequest(message=text("n", "x", "nowhere")), metadata=md(stack.token()))
+        call = stub.Send(
+            gateway_pb2.SendRequest(message=text("n", "x", "nowhere")), metadata=md(stack.token())
+        )
         with pytest.raises(grpc.aio.AioRpcError) as info:
             async for _ in call:
                 pass

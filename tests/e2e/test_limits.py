@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
+import base64
 import json
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
 import httpx
+import jwt
 import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from dialog.v1 import gateway_pb2, gateway_pb2_grpc, message_pb2
-from tests.support.stack import Stack
+from tests.support.stack import AUDIENCE, ISSUER, Stack
 
 MAX_BYTES = 2048
 RATE_MAX = 3
@@ -106,8 +109,32 @@ def test_http_bad_input_is_400_with_json_error(limited: Stack, body: bytes, frag
     assert "Traceback" not in r.text
 
 
-@pytest.mark.parametrize("kind", ["missing", "garbage", "expired", "wrong-secret", "basic"])
+def _unsigned(claims: dict[str, object]) -> str:
+    def b64(data: dict[str, object]) -> str:
+        raw = json.dumps(data).encode()
+        return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+
+    return f"{b64({'alg': 'none', 'typ': 'JWT'})}.{b64(claims)}."
+
+
+@pytest.mark.parametrize(
+    "kind", ["missing", "garbage", "expired", "wrong-secret", "basic", "alg-none", "alg-hs512"]
+)
 def test_http_bad_credentials_are_401(limited: Stack, kind: str) -> None:
+    claims = {"sub": "eve", "exp": int(time.time()) + 600, "iss": ISSUER, "aud": AUDIENCE}
+    forged = {
+        "alg-none": _unsigned(claims),
+        "alg-hs512": jwt.encode(claims, limited.secret, algorithm="HS512"),
+    }
+    if kind in forged:
+        with httpx.Client(verify=limited.ssl_context(), timeout=30) as c:
+            r = c.post(
+                f"{limited.base_url}/messages",
+                json=PING,
+                headers={"Authorization": f"Bearer {forged[kind]}"},
+            )
+        assert r.status_code == 401
+        return
     headers = {
         "missing": {},
         "garbage": {"Authorization": "Bearer abc.def.ghi"},
@@ -154,7 +181,9 @@ async def test_ws_connections_per_user_are_capped_with_429(limited: Stack) -> No
 async def test_grpc_message_too_large_is_resource_exhausted(limited: Stack) -> None:
     creds = grpc.ssl_channel_credentials(limited.ca_file.read_bytes())
     async with grpc.aio.secure_channel(limited.grpc_target, creds) as ch:
-        msg = message_pb2.Message(content=message_pb2.Content(type="text", text="y" * (MAX_BYTES * 2)))
+        msg = message_pb2.Message(
+            content=message_pb2.Content(type="text", text="y" * (MAX_BYTES * 2))
+        )
         call = gateway_pb2_grpc.GatewayStub(ch).Send(
             gateway_pb2.SendRequest(message=msg),
             metadata=(("authorization", f"Bearer {limited.token()}"),),

@@ -79,7 +79,7 @@ def test_grpcurl_lists_and_calls_through_reflection(stack: Stack) -> None:
         stack,
         str(GRPCURL), "-cacert", "certs/ca.pem",
         "-H", f"authorization: Bearer {token}",
-        "-d", '{"message": {"role": "ROLE_USER", "content": {"type": "text", "text": "via grpcurl"}}}',
+        "-d", json.dumps({"message": {"content": {"type": "text", "text": "via grpcurl"}}}),
         stack.grpc_target, "dialog.v1.Gateway/Send",
     )  # fmt: skip
     assert called.returncode == 0, called.stderr

@@ -46,7 +46,12 @@ async def until_final(ws: ClientConnection, msg_id: str) -> list[dict[str, Any]]
 
 def text_message(msg_id: str, text: str, **context: str) -> str:
     return json.dumps(
-        {"id": msg_id, "role": "user", "content": {"type": "text", "text": text}, "context": context}
+        {
+            "id": msg_id,
+            "role": "user",
+            "content": {"type": "text", "text": text},
+            "context": context,
+        }
     )
 
 
@@ -90,8 +95,12 @@ async def test_many_conversations_and_backends_on_one_socket(stack: Stack) -> No
 
 async def test_bad_frames_get_error_frames_and_socket_stays_open(stack: Stack) -> None:
     async with ws_connect(stack, stack.token()) as ws:
-        for bad in ("{not json", '{"content": {"type": "text"}, "bogus": 1}', '{"role": "user"}',
-                    '{"content": {"type": 7}}'):
+        for bad in (
+            "{not json",
+            '{"content": {"type": "text"}, "bogus": 1}',
+            '{"role": "user"}',
+            '{"content": {"type": 7}}',
+        ):
             await ws.send(bad)
             frame = await recv_json(ws)
             assert frame["content"]["type"] == "error"

@@ -70,7 +70,7 @@ class Stack:
     """A working directory with certificates and config, and the processes started in it."""
 
     workdir: Path
-    secret: str = field(default_factory=lambda: secrets.token_urlsafe(32))
+    secret: str = field(default_factory=lambda: secrets.token_urlsafe(48))
     ports: dict[str, int] = field(default_factory=dict)
     processes: list[Process] = field(default_factory=list)
 
