@@ -68,17 +68,13 @@ def cmd_serve(args: argparse.Namespace, env: Mapping[str, str]) -> int:
 
 
 def cmd_backend(args: argparse.Namespace, env: Mapping[str, str]) -> int:
+    from adapters.cli import main as run_adapter
+
     if args.name == "chat":
         from adapters.chat.server import run
     else:
         from adapters.tasks.server import run
-    try:
-        _run(run(env))
-    except ValueError as exc:
-        raise SystemExit(
-            f"dialog-gateway backend {args.name}: configuration error: {exc}"
-        ) from None
-    return 0
+    return run_adapter(run, env)
 
 
 def cmd_certs(args: argparse.Namespace, env: Mapping[str, str]) -> int:

@@ -50,7 +50,7 @@ def _write(base: Path, gateway: Any = None, routes: Any = None) -> Path:
 
 
 def test_a_named_routes_file_that_is_missing_stops_the_start(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match="elsewhere.json: file not found"):
+    with pytest.raises(ConfigError, match=r"elsewhere\.json: file not found"):
         load_config({**ENV, "ROUTES_FILE": "elsewhere.json"}, tmp_path)
 
 

@@ -1,0 +1,1 @@
+"""Fakes of external services, each speaking the service's real wire protocol."""
