@@ -24,6 +24,7 @@ from dotenv import dotenv_values
 from gateway.auth import mint_token
 from gateway.client.frames import CHAT_HELP
 from gateway.config import ConfigError, GatewayConfig, load_config
+from gateway.logs import setup_logging
 
 log = logging.getLogger("dialog_gateway")
 BACKENDS = ("chat", "tasks")
@@ -34,14 +35,6 @@ def environment(base_dir: Path) -> dict[str, str]:
     values = {k: v for k, v in dotenv_values(base_dir / ".env").items() if v is not None}
     values.update(os.environ)
     return values
-
-
-def _setup_logging(env: Mapping[str, str]) -> None:
-    logging.basicConfig(
-        level=env.get("LOG_LEVEL", "INFO").upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
 
 
 def _run(main: Any) -> None:
@@ -105,9 +98,7 @@ def cmd_token(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     return 0
 
 
-def _client_target(
-    args: argparse.Namespace, env: Mapping[str, str]
-) -> tuple[str, str, str | None]:
+def _client_target(args: argparse.Namespace, env: Mapping[str, str]) -> tuple[str, str, str | None]:
     url = args.url
     if not url:
         config = _config(env)
@@ -218,7 +209,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     env = environment(Path.cwd())
-    _setup_logging(env)
+    setup_logging(env.get("LOG_LEVEL", "INFO"))
     try:
         return int(args.func(args, env))
     except KeyboardInterrupt:

@@ -95,6 +95,8 @@ class GatewayConfig:
     sse_heartbeat_ms: int = 15000
     outbound_queue_max: int = 256
     ws_auth_timeout_ms: int = 10000
+    body_timeout_ms: int = 10000
+    max_connections: int = 1000
     env: str = "development"
     log_level: str = "INFO"
     routes_file: str = "config/routes.json"
@@ -236,6 +238,13 @@ def _validate(config: GatewayConfig) -> None:
     for name in ("port", "grpc_port"):
         if not 0 <= getattr(config, name) <= 65535:
             raise ConfigError(f"{name.upper()}: not a port number")
-    for name in ("max_message_bytes", "rate_limit_max", "rate_limit_window_ms", "max_ws_conn"):
+    for name in (
+        "max_message_bytes",
+        "rate_limit_max",
+        "rate_limit_window_ms",
+        "max_ws_conn",
+        "max_connections",
+        "body_timeout_ms",
+    ):
         if getattr(config, name) <= 0:
             raise ConfigError(f"{name.upper()}: must be positive")

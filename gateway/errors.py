@@ -59,6 +59,15 @@ class PermissionDenied(DialogError):
     ws_close = 4403
 
 
+class RequestTimeout(DialogError):
+    """The client did not send its request in time."""
+
+    code = "request_timeout"
+    grpc_status = "DEADLINE_EXCEEDED"
+    http_status = 408
+    ws_close = None
+
+
 class NotFound(DialogError):
     """The HTTP path or resource does not exist."""
 
@@ -148,6 +157,7 @@ ERROR_CLASSES: tuple[type[DialogError], ...] = (
     InvalidMessage,
     Unauthenticated,
     PermissionDenied,
+    RequestTimeout,
     NotFound,
     NoRoute,
     RateLimited,

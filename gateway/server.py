@@ -56,6 +56,7 @@ def http_config(config: GatewayConfig, app: object, base_dir: Path) -> uvicorn.C
         ws_ping_timeout=20.0,
         timeout_graceful_shutdown=int(GRACE_S),
         server_header=False,
+        limit_concurrency=config.max_connections,
         **tls,  # type: ignore[arg-type]
     )
 

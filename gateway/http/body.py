@@ -2,13 +2,24 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from starlette.requests import Request
 
-from gateway.errors import InvalidMessage, MessageTooLarge
+from gateway.errors import InvalidMessage, MessageTooLarge, RequestTimeout
 
 
-async def read_limited(request: Request, max_bytes: int) -> bytes:
-    """The whole body, or ``MessageTooLarge`` as soon as it passes ``max_bytes``."""
+async def read_limited(request: Request, max_bytes: int, timeout_s: float) -> bytes:
+    """The whole body within ``timeout_s``, or ``MessageTooLarge`` as soon as it passes
+    ``max_bytes``; a client that sends too slowly gets ``RequestTimeout``."""
+    try:
+        async with asyncio.timeout(timeout_s):
+            return await _read(request, max_bytes)
+    except TimeoutError:
+        raise RequestTimeout("the request body did not arrive in time") from None
+
+
+async def _read(request: Request, max_bytes: int) -> bytes:
     declared = request.headers.get("content-length")
     if declared is not None:
         try:

@@ -41,10 +41,9 @@ async def post_message(request: Request) -> Response:
             "application/json",
         ):
             raise InvalidMessage("Content-Type must be application/json")
-        msg = parse_message(
-            await read_limited(request, service.config.max_message_bytes),
-            service.config.max_message_bytes,
-        )
+        config = service.config
+        body = await read_limited(request, config.max_message_bytes, config.body_timeout_ms / 1000)
+        msg = parse_message(body, config.max_message_bytes)
         key = request.headers.get(IDEMPOTENCY_HEADER)
         if key and not msg.id:
             msg.id = key

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -33,6 +34,7 @@ def limited(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
             RATE_LIMIT_MAX=str(RATE_MAX),
             RATE_LIMIT_WINDOW_MS="600000",
             MAX_WS_CONN=str(MAX_WS),
+            BODY_TIMEOUT_MS="500",
         )
         yield s
     finally:
@@ -192,3 +194,19 @@ async def test_grpc_message_too_large_is_resource_exhausted(limited: Stack) -> N
             async for _ in call:
                 pass
     assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+def test_slow_body_gets_408(limited: Stack) -> None:
+    """A client that announces a body and never sends it is cut off, not waited for."""
+    raw = socket.create_connection(("127.0.0.1", limited.ports["http"]), timeout=10)
+    with limited.ssl_context().wrap_socket(raw, server_hostname="localhost") as tls:
+        tls.sendall(
+            b"POST /messages HTTP/1.1\r\nHost: localhost\r\n"
+            + f"Authorization: Bearer {limited.token()}\r\n".encode()
+            + b"Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{"
+        )
+        answer = b""
+        while b'"}}' not in answer and (chunk := tls.recv(4096)):
+            answer += chunk
+    assert answer.startswith(b"HTTP/1.1 408"), answer
+    assert b'"request_timeout"' in answer

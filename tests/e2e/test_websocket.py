@@ -133,11 +133,16 @@ async def test_handshake_without_valid_token_is_refused_with_401(
     assert info.value.response.status_code == 401
 
 
-async def test_token_in_url_is_refused(stack: Stack) -> None:
+async def test_token_in_url_is_refused_and_never_logged(stack: Stack) -> None:
+    token = stack.token()
     with pytest.raises(InvalidStatus) as info:
-        async with connect(f"{stack.ws_url}?token={stack.token()}", ssl=stack.ssl_context()):
+        async with connect(f"{stack.ws_url}?token={token}", ssl=stack.ssl_context()):
             pass
     assert info.value.response.status_code == 400
+    gateway = next(p for p in stack.processes if p.name == "gateway")
+    log = gateway.log()
+    assert "/ws?token=[redacted]" in log
+    assert token not in log and token.split(".")[2] not in log
 
 
 async def test_first_frame_auth_for_browsers(stack: Stack) -> None:

@@ -1,0 +1,44 @@
+"""Logging set-up: one format, and no credential ever written to a log.
+
+Tokens never belong in a URL, and the gateway refuses them there, but a
+refused request is still logged by the HTTP server with its query string.
+``RedactCredentials`` rewrites such values before any handler sees them.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+
+SENSITIVE_PARAMS = ("token", "access_token", "jwt", "auth", "ticket", "password", "api_key")
+_QUERY_VALUE = re.compile(
+    r"(?P<key>[?&](?:" + "|".join(SENSITIVE_PARAMS) + r"))=(?P<value>[^&\s\"']*)", re.IGNORECASE
+)
+_BEARER = re.compile(r"(?P<key>bearer)\s+(?P<value>[A-Za-z0-9._~+/=-]+)", re.IGNORECASE)
+REDACTED = "[redacted]"
+
+
+def redact(text: str) -> str:
+    """``text`` with credential values in query strings and bearer headers replaced."""
+    text = _QUERY_VALUE.sub(lambda m: f"{m['key']}={REDACTED}", text)
+    return _BEARER.sub(lambda m: f"{m['key']} {REDACTED}", text)
+
+
+class RedactCredentials(logging.Filter):
+    """Apply ``redact`` to a record's message and string arguments."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.msg, str):
+            record.msg = redact(record.msg)
+        if isinstance(record.args, tuple):
+            record.args = tuple(redact(a) if isinstance(a, str) else a for a in record.args)
+        return True
+
+
+def setup_logging(level: str) -> None:
+    """One line per record on stderr, with credentials redacted on every handler."""
+    logging.basicConfig(
+        level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(RedactCredentials())
