@@ -5,16 +5,11 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.stack import Stack
+from tests.support.stack import Stack, running_stack
 
 
 @pytest.fixture(scope="session")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     """Both reference back-ends and the gateway, started from the CLI as real processes."""
-    s = Stack.create(Path(tmp_path_factory.mktemp("stack")))
-    try:
-        s.start_backends()
-        s.start_gateway()
+    with running_stack(Path(tmp_path_factory.mktemp("stack"))) as s:
         yield s
-    finally:
-        s.stop()

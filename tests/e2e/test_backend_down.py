@@ -12,7 +12,7 @@ import httpx
 import pytest
 
 from dialog.v1 import gateway_pb2, gateway_pb2_grpc, message_pb2
-from tests.support.stack import Stack, wait_until
+from tests.support.stack import Stack, running_stack, wait_until
 
 TIMEOUT_MS = 3000
 
@@ -98,12 +98,6 @@ async def test_ws_dead_backend_is_an_error_frame(stack_without_chat: Stack) -> N
 
 
 def test_backend_that_dies_shows_not_serving(tmp_path: Path) -> None:
-    s = Stack.create(tmp_path)
-    try:
-        s.start_backends()
-        s.start_gateway(HEALTH_INTERVAL_MS="300")
-        tasks = next(p for p in s.processes if p.name == "tasks")
-        tasks.stop()
+    with running_stack(tmp_path, HEALTH_INTERVAL_MS="300") as s:
+        next(p for p in s.processes if p.name == "tasks").stop()
         wait_until(lambda: s.health_status() == 503, 10, "health 503 after tasks died")
-    finally:
-        s.stop()

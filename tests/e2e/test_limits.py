@@ -17,7 +17,7 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from dialog.v1 import gateway_pb2, gateway_pb2_grpc, message_pb2
-from tests.support.stack import AUDIENCE, ISSUER, Stack
+from tests.support.stack import AUDIENCE, ISSUER, Stack, running_stack
 
 MAX_BYTES = 2048
 RATE_MAX = 3
@@ -26,19 +26,15 @@ MAX_WS = 2
 
 @pytest.fixture(scope="module")
 def limited(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    s = Stack.create(Path(tmp_path_factory.mktemp("limited")))
-    try:
-        s.start_backends()
-        s.start_gateway(
-            MAX_MESSAGE_BYTES=str(MAX_BYTES),
-            RATE_LIMIT_MAX=str(RATE_MAX),
-            RATE_LIMIT_WINDOW_MS="600000",
-            MAX_WS_CONN=str(MAX_WS),
-            BODY_TIMEOUT_MS="500",
-        )
+    with running_stack(
+        Path(tmp_path_factory.mktemp("limited")),
+        MAX_MESSAGE_BYTES=str(MAX_BYTES),
+        RATE_LIMIT_MAX=str(RATE_MAX),
+        RATE_LIMIT_WINDOW_MS="600000",
+        MAX_WS_CONN=str(MAX_WS),
+        BODY_TIMEOUT_MS="500",
+    ) as s:
         yield s
-    finally:
-        s.stop()
 
 
 def post(stack: Stack, token: str, body: bytes | dict[str, object]) -> httpx.Response:

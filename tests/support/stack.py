@@ -12,7 +12,8 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -180,3 +181,15 @@ class Stack:
         for proc in reversed(self.processes):
             proc.stop()
         self.processes.clear()
+
+
+@contextmanager
+def running_stack(workdir: Path, **gateway_env: str) -> Iterator[Stack]:
+    """Both reference back-ends and a healthy gateway, stopped on exit."""
+    stack = Stack.create(workdir)
+    try:
+        stack.start_backends()
+        stack.start_gateway(**gateway_env)
+        yield stack
+    finally:
+        stack.stop()

@@ -1,0 +1,29 @@
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.support.stack import Stack
+
+# The benchmark must measure the gateway's work, not its limits: no rate
+# limiting (a huge budget over an hour), and the default health interval
+# rather than the e2e stack's 200 ms, which would add background load.
+BENCH_GATEWAY_ENV = {
+    "RATE_LIMIT_MAX": "100000000",
+    "RATE_LIMIT_WINDOW_MS": "3600000",
+    "HEALTH_INTERVAL_MS": "5000",
+}
+
+
+@pytest.fixture(scope="module")
+def bench_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    """Both reference back-ends and the gateway as real processes, tuned for measuring."""
+    s = Stack.create(Path(tmp_path_factory.mktemp("bench-stack")))
+    try:
+        s.start_backends()
+        s.start_gateway(**BENCH_GATEWAY_ENV)
+        yield s
+    finally:
+        s.stop()
