@@ -74,6 +74,7 @@ class Stack:
     secret: str = field(default_factory=lambda: secrets.token_urlsafe(48))
     ports: dict[str, int] = field(default_factory=dict)
     processes: list[Process] = field(default_factory=list)
+    tls: bool = True
 
     @classmethod
     def create(cls, workdir: Path) -> Stack:
@@ -91,11 +92,11 @@ class Stack:
 
     @property
     def base_url(self) -> str:
-        return f"https://localhost:{self.ports['http']}"
+        return f"{'https' if self.tls else 'http'}://localhost:{self.ports['http']}"
 
     @property
     def ws_url(self) -> str:
-        return f"wss://localhost:{self.ports['http']}/ws"
+        return f"{'wss' if self.tls else 'ws'}://localhost:{self.ports['http']}/ws"
 
     @property
     def grpc_target(self) -> str:
@@ -155,8 +156,9 @@ class Stack:
 
     def health_status(self) -> int | None:
         try:
+            context = self.ssl_context() if self.tls else None
             with urllib.request.urlopen(
-                f"{self.base_url}/health", context=self.ssl_context(), timeout=2
+                f"{self.base_url}/health", context=context, timeout=2
             ) as resp:
                 return int(resp.status)
         except urllib.error.HTTPError as exc:
