@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.stack import Stack
+from tests.support.stack import Stack, running_stack
 
 # The benchmark must measure the gateway's work, not its limits: no rate
 # limiting (a huge budget over an hour), and the default health interval
@@ -20,10 +20,5 @@ BENCH_GATEWAY_ENV = {
 @pytest.fixture(scope="module")
 def bench_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     """Both reference back-ends and the gateway as real processes, tuned for measuring."""
-    s = Stack.create(Path(tmp_path_factory.mktemp("bench-stack")))
-    try:
-        s.start_backends()
-        s.start_gateway(**BENCH_GATEWAY_ENV)
+    with running_stack(Path(tmp_path_factory.mktemp("bench-stack")), **BENCH_GATEWAY_ENV) as s:
         yield s
-    finally:
-        s.stop()
