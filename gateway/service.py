@@ -57,7 +57,7 @@ class DialogService:
     async def close(self) -> None:
         await self.pool.close()
 
-    def authenticate(self, authorization: str | None, surface: str) -> Identity:
+    async def authenticate(self, authorization: str | None, surface: str) -> Identity:
         """Verify an ``Authorization`` header value; count failures by reason."""
         try:
             return self.verifier.verify(bearer_token(authorization))

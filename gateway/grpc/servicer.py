@@ -33,15 +33,15 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
     def __init__(self, service: DialogService):
         self._service = service
 
-    def _identity(self, context: Context) -> Identity:
-        return self._service.authenticate(_authorization(context), SURFACE)
+    async def _identity(self, context: Context) -> Identity:
+        return await self._service.authenticate(_authorization(context), SURFACE)
 
     async def Send(
         self, request: gateway_pb2.SendRequest, context: Context
     ) -> AsyncIterator[gateway_pb2.SendResponse]:
         started, code = time.monotonic(), "OK"
         try:
-            identity = self._identity(context)
+            identity = await self._identity(context)
             validate_client_message(request.message)
             stored, backend = self._service.admit(identity, request.message, SURFACE)
             yield gateway_pb2.SendResponse(message=make_ack(stored))
@@ -64,7 +64,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
     ) -> AsyncIterator[gateway_pb2.ConverseResponse]:
         started, code = time.monotonic(), "OK"
         try:
-            identity = self._identity(context)
+            identity = await self._identity(context)
         except DialogError as exc:
             _observe("Converse", exc.grpc_status, started)
             await abort(context, exc)
@@ -114,7 +114,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
     ) -> AsyncIterator[gateway_pb2.SubscribeResponse]:
         started, code = time.monotonic(), "OK"
         try:
-            identity = self._identity(context)
+            identity = await self._identity(context)
             sub, _complete = self._service.hub.subscribe(identity.subject, request.after_seq)
             try:
                 # Headers now, so the client knows the subscription is live.

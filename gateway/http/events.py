@@ -19,7 +19,7 @@ SURFACE = "http"
 async def event_stream(request: Request) -> Response:
     service: DialogService = request.app.state.service
     try:
-        identity = service.authenticate(request.headers.get("authorization"), SURFACE)
+        identity = await service.authenticate(request.headers.get("authorization"), SURFACE)
     except DialogError as exc:
         return error_response(exc)
     after = last_event_id(request.headers.get("last-event-id"))

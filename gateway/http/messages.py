@@ -35,7 +35,7 @@ async def post_message(request: Request) -> Response:
     service: DialogService = request.app.state.service
     started, code = time.monotonic(), 200
     try:
-        identity = service.authenticate(request.headers.get("authorization"), SURFACE)
+        identity = await service.authenticate(request.headers.get("authorization"), SURFACE)
         if request.headers.get("content-type", "").split(";")[0].strip() not in (
             "",
             "application/json",

@@ -47,7 +47,7 @@ async def websocket_endpoint(ws: WebSocket) -> None:
     header = ws.headers.get("authorization")
     if header is not None:
         try:
-            identity = service.authenticate(header, SURFACE)
+            identity = await service.authenticate(header, SURFACE)
         except DialogError as exc:
             await ws.send_denial_response(error_response(exc))
             return
@@ -74,7 +74,7 @@ async def websocket_endpoint(ws: WebSocket) -> None:
 
 async def _first_frame_identity(ws: WebSocket, service: DialogService) -> Identity | None:
     """Wait for an ``auth`` frame; close 4408 on timeout, 4401 on a bad token."""
-    timeout_s = service.config.ws_auth_timeout_ms / 1000
+    timeout_s = service.config.auth_timeout_ms / 1000
     try:
         text = await asyncio.wait_for(ws.receive_text(), timeout_s)
     except TimeoutError:
@@ -86,7 +86,7 @@ async def _first_frame_identity(ws: WebSocket, service: DialogService) -> Identi
         msg = parse_message(text, service.config.max_message_bytes)
         if msg.content.type != AUTH or not msg.content.text:
             raise Unauthenticated("the first frame must be an auth frame")
-        identity = service.authenticate(f"Bearer {msg.content.text}", SURFACE)
+        identity = await service.authenticate(f"Bearer {msg.content.text}", SURFACE)
     except DialogError as exc:
         code = Unauthenticated.ws_close if not isinstance(exc, Unauthenticated) else exc.ws_close
         await ws.close(code or 4401, exc.message)
