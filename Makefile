@@ -24,8 +24,9 @@ $(BUF):
 	mkdir -p $(TOOLS)
 	npm install --silent --no-audit --no-fund --prefix $(TOOLS) @bufbuild/buf@$(BUF_VERSION)
 
-gen: $(VENV)/.installed ## regenerate gen/ from protos/
+gen: $(VENV)/.installed ## regenerate gen/ and docs/openapi.yaml from protos/
 	$(PY) scripts/gen_protos.py gen
+	$(PY) scripts/gen_openapi.py docs/openapi.yaml
 
 certs: $(VENV)/.installed ## create the development CA and certificates in certs/
 	$(BIN)/dialog-gateway certs

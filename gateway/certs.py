@@ -1,6 +1,10 @@
 """Development certificates: a dev CA, the gateway's server and mesh-client
 certificates, and one server certificate per back-end (``cryptography``).
 
+``issue_cert`` and ``issue_client_cert`` add certificates signed by an existing
+development CA: a rotated server certificate, or a client certificate for the
+public ports (``CLIENT_CERT_MODE``), whose common name becomes ``cert:<CN>``.
+
 Private keys are written with mode 0600. Existing files are kept unless
 ``force`` is set, so ``make run`` can call this every time.
 """
@@ -101,8 +105,10 @@ def issue(
     server: bool = True,
     client: bool = False,
     now: dt.datetime,
+    valid_days: int = VALIDITY_DAYS,
 ) -> Issued:
-    """A leaf certificate signed by the CA, for server and/or client use."""
+    """A leaf certificate signed by the CA, for server and/or client use, valid from five
+    minutes before ``now`` for ``valid_days``."""
     key = ec.generate_private_key(ec.SECP256R1())
     usages = []
     if server:
@@ -116,7 +122,7 @@ def issue(
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - dt.timedelta(minutes=5))
-        .not_valid_after(now + dt.timedelta(days=VALIDITY_DAYS))
+        .not_valid_after(now + dt.timedelta(days=valid_days))
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(x509.ExtendedKeyUsage(usages), critical=False)
         .add_extension(
@@ -160,3 +166,54 @@ def create_dev_certs(
         hosts = (name, f"{name}.dialog.internal", "localhost", "127.0.0.1")
         _write(directory, name, issue(ca_key, ca_cert, name, hosts=hosts, now=now))
     return True
+
+
+def load_ca(directory: Path) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
+    """The development CA written by ``create_dev_certs`` into ``directory``."""
+    key = serialization.load_pem_private_key((directory / "ca-key.pem").read_bytes(), None)
+    if not isinstance(key, ec.EllipticCurvePrivateKey):
+        raise ValueError(f"{directory / 'ca-key.pem'}: not an EC private key")
+    cert = x509.load_pem_x509_certificate((directory / "ca.pem").read_bytes())
+    return key, cert
+
+
+def issue_cert(
+    directory: Path,
+    stem: str,
+    common_name: str,
+    *,
+    hosts: Iterable[str] = (),
+    server: bool = True,
+    client: bool = False,
+    now: dt.datetime | None = None,
+    valid_days: int = VALIDITY_DAYS,
+) -> Issued:
+    """Issue a certificate from the CA in ``directory`` and write ``<stem>.pem`` and
+    ``<stem>-key.pem`` there (the key with mode 0600), replacing existing files."""
+    ca_key, ca_cert = load_ca(directory)
+    issued = issue(
+        ca_key,
+        ca_cert,
+        common_name,
+        hosts=hosts,
+        server=server,
+        client=client,
+        now=now or dt.datetime.now(dt.UTC),
+        valid_days=valid_days,
+    )
+    _write(directory, stem, issued)
+    return issued
+
+
+def issue_client_cert(
+    directory: Path,
+    name: str,
+    *,
+    now: dt.datetime | None = None,
+    valid_days: int = VALIDITY_DAYS,
+) -> Issued:
+    """A client certificate for the public ports, common name ``name``, written as
+    ``<name>.pem`` and ``<name>-key.pem`` in ``directory`` (signed by its CA)."""
+    return issue_cert(
+        directory, name, name, server=False, client=True, now=now, valid_days=valid_days
+    )

@@ -56,7 +56,10 @@ def cmd_serve(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     from gateway.server import serve
 
     config = _config(env)
-    _run(serve(config, Path.cwd()))
+    try:
+        _run(serve(config, Path.cwd()))
+    except ConfigError as exc:
+        raise SystemExit(f"dialog-gateway: configuration error: {exc}") from None
     return 0
 
 
@@ -81,12 +84,24 @@ def cmd_certs(args: argparse.Namespace, env: Mapping[str, str]) -> int:
 def _mint(
     env: Mapping[str, str], subject: str, ttl_s: int | None = None, scopes: tuple[str, ...] = ()
 ) -> str:
+    """A development HS256 token; needs JWT_SECRET (JWKS tokens come from their issuer)."""
     config = _config(env)
+    if not config.jwt_secret:
+        raise SystemExit(
+            "dialog-gateway: minting a development token needs JWT_SECRET "
+            "(with only JWKS_FILE or JWKS_URL, get tokens from your identity provider)"
+        )
+    ttl_s = ttl_s or config.token_ttl_s
+    if ttl_s > config.max_token_ttl_s:
+        raise SystemExit(
+            f"dialog-gateway: a {ttl_s} s token (--ttl or TOKEN_TTL_S) is over "
+            f"MAX_TOKEN_TTL_S ({config.max_token_ttl_s}); the gateway would refuse it"
+        )
     return mint_token(
         config.jwt_secret,
         subject,
         now_s=time.time(),
-        ttl_s=ttl_s or config.token_ttl_s,
+        ttl_s=ttl_s,
         issuer=config.jwt_issuer,
         audience=config.jwt_audience,
         scopes=scopes,

@@ -8,14 +8,17 @@ value raises ``ConfigError`` with one line naming the variable.
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 WS_SUBPROTOCOL = "dialog.v1.json"
 DEV_JWT_SECRET_PREFIX = "dev-"
+DEV_JWT_SECRETS = frozenset({"change-me"})  # the placeholder of .env.example
 
 
 class ConfigError(Exception):
@@ -54,6 +57,7 @@ class RouteRule:
     backend: str
     service: str | None = None
     content_type: str | None = None
+    scopes: tuple[str, ...] = ()  # token scopes required of the caller, all of them
 
 
 @dataclass(frozen=True)
@@ -114,6 +118,7 @@ class GatewayConfig:
     outbound_queue_max: int = 256
     auth_timeout_ms: int = 10000
     body_timeout_ms: int = 10000
+    head_timeout_ms: int = 10000
     max_connections: int = 1000
     env: str = "development"
     log_level: str = "INFO"
@@ -162,6 +167,14 @@ def _coerce(name: str, raw: Any, kind: Any) -> Any:
             if not isinstance(raw, str | int):
                 raise ValueError(raw)
             return str(raw)
+        if kind == "tuple[str, ...]":
+            # A JSON list of words (scope names): non-empty, without whitespace.
+            if not isinstance(raw, list) or not all(
+                isinstance(item, str) and item and not any(c.isspace() for c in item)
+                for item in raw
+            ):
+                raise ValueError(raw)
+            return tuple(raw)
         raise ValueError(raw)
     except (TypeError, ValueError):
         raise ConfigError(f"{name}: invalid value {raw!r} (expected {kind})") from None
@@ -246,16 +259,58 @@ def load_config(env: Mapping[str, str], base_dir: Path = Path(".")) -> GatewayCo
     return config
 
 
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _validate_auth(config: GatewayConfig) -> None:
+    """Token keys and claims: see gateway/auth.py for how they are used."""
+    if not (config.jwt_secret or config.jwks_file or config.jwks_url):
+        raise ConfigError(
+            "JWT_SECRET: no signing key configured: set JWT_SECRET, JWKS_FILE or JWKS_URL "
+            "(run 'make run' to create .env)"
+        )
+    if config.jwks_file and config.jwks_url:
+        raise ConfigError("JWKS_URL: set JWKS_FILE or JWKS_URL, not both")
+    if config.jwks_url:
+        try:
+            url = urlsplit(config.jwks_url)
+            _ = url.port  # raises ValueError on a bad port
+        except ValueError:
+            raise ConfigError("JWKS_URL: not a valid URL") from None
+        if url.scheme not in ("https", "http") or not url.hostname:
+            raise ConfigError("JWKS_URL: expected an https:// URL")
+        if url.scheme == "http" and not _is_loopback(url.hostname):
+            raise ConfigError("JWKS_URL: must use https (plain http only to a loopback address)")
+        if url.username is not None or url.password is not None:
+            raise ConfigError("JWKS_URL: must not contain credentials")
+    if config.env == "production" and config.jwt_secret:
+        secret = config.jwt_secret
+        if secret in DEV_JWT_SECRETS or secret.startswith(DEV_JWT_SECRET_PREFIX):
+            raise ConfigError("JWT_SECRET: production refuses the development secret")
+        if len(secret.encode()) < 32:
+            raise ConfigError("JWT_SECRET: production needs a secret of at least 32 bytes")
+    for name in ("max_token_ttl_s", "jwks_ttl_s", "jwks_refetch_cooldown_s", "jwks_timeout_ms"):
+        if getattr(config, name) <= 0:
+            raise ConfigError(f"{name.upper()}: must be positive")
+
+
 def _validate(config: GatewayConfig) -> None:
-    if not config.jwt_secret:
-        raise ConfigError("JWT_SECRET: no signing key configured (run 'make run' to create .env)")
-    if config.env == "production" and (
-        len(config.jwt_secret.encode()) < 32 or config.jwt_secret.startswith(DEV_JWT_SECRET_PREFIX)
-    ):
-        raise ConfigError("JWT_SECRET: production needs a secret of at least 32 bytes")
+    _validate_auth(config)
     for name in ("port", "grpc_port"):
         if not 0 <= getattr(config, name) <= 65535:
             raise ConfigError(f"{name.upper()}: not a port number")
+    if config.client_cert_mode not in ("off", "optional", "required"):
+        raise ConfigError("CLIENT_CERT_MODE: expected off, optional or required")
+    if config.client_cert_mode != "off" and not config.client_ca_file:
+        raise ConfigError(f"CLIENT_CERT_MODE: {config.client_cert_mode} needs CLIENT_CA_FILE")
+    if config.client_cert_mode != "off" and not config.tls:
+        raise ConfigError(f"CLIENT_CERT_MODE: {config.client_cert_mode} needs TLS=on")
     for name in (
         "max_message_bytes",
         "rate_limit_max",

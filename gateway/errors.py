@@ -68,6 +68,15 @@ class RequestTimeout(DialogError):
     ws_close = None
 
 
+class RequestHeadTooLarge(DialogError):
+    """The request line and headers are over MAX_HEADER_BYTES."""
+
+    code = "request_header_too_large"
+    grpc_status = "RESOURCE_EXHAUSTED"
+    http_status = 431
+    ws_close = None
+
+
 class NotFound(DialogError):
     """The HTTP path or resource does not exist."""
 
@@ -149,6 +158,15 @@ class Overloaded(DialogError):
     ws_close = 1013
 
 
+class ServerBusy(DialogError):
+    """The process sheds new work: too many messages are in flight."""
+
+    code = "server_busy"
+    grpc_status = "UNAVAILABLE"
+    http_status = 503
+    ws_close = 1013
+
+
 class Internal(DialogError):
     """An unexpected failure. Its details are logged, never shown."""
 
@@ -158,6 +176,7 @@ ERROR_CLASSES: tuple[type[DialogError], ...] = (
     Unauthenticated,
     PermissionDenied,
     RequestTimeout,
+    RequestHeadTooLarge,
     NotFound,
     NoRoute,
     RateLimited,
@@ -167,6 +186,7 @@ ERROR_CLASSES: tuple[type[DialogError], ...] = (
     BackendTimeout,
     BackendFailed,
     Overloaded,
+    ServerBusy,
     Internal,
 )
 

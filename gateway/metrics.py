@@ -86,9 +86,42 @@ AUTH_REASONS = {
     "token expired": "expired",
     "invalid token": "invalid",
     "token has no subject": "invalid",
+    "token type not allowed": "typ",
+    "key id not allowed with HS256": "algorithm",
+    "token algorithm does not match its key": "algorithm",
+    "token has no key id": "unknown_key",
+    "unknown signing key": "unknown_key",
+    "token not yet valid": "not_yet_valid",
+    "token lifetime too long": "ttl",
+    "token issuer not accepted": "issuer",
+    "token audience not accepted": "audience",
 }
 
 
 def auth_reason(message: str) -> str:
     """A bounded label for an authentication failure message."""
     return AUTH_REASONS.get(message, "other")
+
+
+JWKS_REFRESHES = Counter(
+    "dialog_gateway_jwks_refresh_total",
+    "JWKS fetches, by trigger (startup, ttl, unknown_kid) and result (ok, timeout, "
+    "unreachable, http_status, too_large, invalid, error).",
+    ["trigger", "result"],
+    registry=REGISTRY,
+)
+JWKS_KEYS = Gauge(
+    "dialog_gateway_jwks_keys",
+    "Usable keys in the JWKS key set in use (the last good one during an outage).",
+    registry=REGISTRY,
+)
+JWKS_LAST_SUCCESS = Gauge(
+    "dialog_gateway_jwks_last_success_timestamp_seconds",
+    "Unix time of the last successful JWKS fetch; 0 before the first.",
+    registry=REGISTRY,
+)
+JWKS_STALE = Gauge(
+    "dialog_gateway_jwks_stale",
+    "1 while the last JWKS fetch failed (the last good keys, if any, stay in use), else 0.",
+    registry=REGISTRY,
+)

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 import signal
+import ssl
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,8 +16,10 @@ from grpc_health.v1.health import aio as health_aio  # type: ignore[attr-defined
 from gateway.config import GatewayConfig
 from gateway.grpc.server import build_grpc_server
 from gateway.health import HealthMonitor
-from gateway.http.app import build_app
+from gateway.http.app import build_admin_app, build_app
+from gateway.http.protocol import guarded_protocol
 from gateway.service import DialogService
+from gateway.tls import PublicTls, TlsFiles, reload_on_request
 
 log = logging.getLogger(__name__)
 GRACE_S = 5.0
@@ -30,24 +33,21 @@ class _HttpServer(uvicorn.Server):
         yield
 
 
-def _path(base_dir: Path, name: str) -> Path:
-    p = Path(name)
-    return p if p.is_absolute() else base_dir / p
-
-
-def http_config(config: GatewayConfig, app: object, base_dir: Path) -> uvicorn.Config:
+def http_config(
+    config: GatewayConfig, app: object, ssl_context: ssl.SSLContext | None, *, port: int
+) -> uvicorn.Config:
+    """uvicorn's configuration; with ``ssl_context`` (from ``PublicTls``) it serves HTTPS."""
     tls = {}
-    if config.tls:
-        tls = {
-            "ssl_certfile": str(_path(base_dir, config.tls_cert_file)),
-            "ssl_keyfile": str(_path(base_dir, config.tls_key_file)),
-        }
+    if ssl_context is not None:
+        # uvicorn >= 0.47: the gateway builds the context (posture, client certificates,
+        # reload) instead of uvicorn's file-based one.
+        tls = {"ssl_context_factory": lambda _config, _default: ssl_context}
     return uvicorn.Config(
         app,  # type: ignore[arg-type]
         host=config.host,
-        port=config.port,
+        port=port,
         ws="websockets-sansio",
-        http="httptools",
+        http=guarded_protocol(config.max_header_bytes, config.head_timeout_ms / 1000),
         lifespan="off",
         log_config=None,
         access_log=False,
@@ -64,8 +64,11 @@ def http_config(config: GatewayConfig, app: object, base_dir: Path) -> uvicorn.C
 async def serve(
     config: GatewayConfig, base_dir: Path = Path("."), ready: asyncio.Event | None = None
 ) -> None:
-    """Serve until SIGINT or SIGTERM."""
+    """Serve until SIGINT or SIGTERM; SIGHUP reloads the TLS certificates."""
+    # Read the certificates first: unusable files stop the start before anything opens.
+    tls = PublicTls(TlsFiles.from_config(config, base_dir)) if config.tls else None
     service = DialogService(config, base_dir=base_dir)
+    await service.start()
     health_servicer = health_aio.HealthServicer()
     monitor = HealthMonitor(
         service.pool.channels,
@@ -74,18 +77,30 @@ async def serve(
         timeout_ms=config.health_timeout_ms,
         servicer=health_servicer,
     )
-    cert = _path(base_dir, config.tls_cert_file).read_bytes() if config.tls else b""
-    key = _path(base_dir, config.tls_key_file).read_bytes() if config.tls else b""
-    grpc_server, grpc_port = build_grpc_server(service, health_servicer, cert=cert, key=key)
-    http = _HttpServer(http_config(config, build_app(service, monitor), base_dir))
+    grpc_server, grpc_port = build_grpc_server(
+        service, health_servicer, credentials=tls.grpc_credentials() if tls else None
+    )
+    context = tls.http_context if tls else None
+    servers = [
+        _HttpServer(http_config(config, build_app(service, monitor), context, port=config.port))
+    ]
+    if config.admin_port:
+        admin = build_admin_app(service, monitor)
+        servers.append(_HttpServer(http_config(config, admin, None, port=config.admin_port)))
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    reload_requested = asyncio.Event()
+    loop.add_signal_handler(signal.SIGHUP, reload_requested.set)
     await grpc_server.start()
     async with asyncio.TaskGroup() as tasks:
         health_task = tasks.create_task(monitor.run(), name="health-monitor")
-        http_task = tasks.create_task(http.serve(), name="http-server")
+        http_tasks = {
+            tasks.create_task(server.serve(), name=f"http-server:{server.config.port}")
+            for server in servers
+        }
+        reload_task = tasks.create_task(reload_on_request(tls, reload_requested), name="tls-reload")
         scheme = "https" if config.tls else "http"
         log.info(
             "gateway listening: %s://%s:%d (HTTP, WebSocket) and %s:%d (gRPC)",
@@ -98,10 +113,12 @@ async def serve(
         if ready is not None:
             ready.set()
         stop_task = tasks.create_task(stop.wait(), name="stop-signal")
-        await asyncio.wait({stop_task, http_task}, return_when=asyncio.FIRST_COMPLETED)
+        await asyncio.wait({stop_task, *http_tasks}, return_when=asyncio.FIRST_COMPLETED)
         log.info("shutting down")
-        http.should_exit = True
+        for server in servers:
+            server.should_exit = True
         await grpc_server.stop(GRACE_S)
         health_task.cancel()
+        reload_task.cancel()
         stop_task.cancel()
     await service.close()

@@ -9,6 +9,7 @@ conveniences: field names are written in their proto form (``reply_to``), and
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -26,6 +27,7 @@ ERROR = "error"
 DELTA = "delta"
 AUTH = "auth"
 MAX_ID_CHARS = 128
+DEFAULT_MAX_DEPTH = 32
 
 
 def _role_in(value: Any) -> str:
@@ -43,15 +45,40 @@ def _reject_constant(name: str) -> Any:
     raise InvalidMessage(f"malformed JSON: {name} is not a JSON value")
 
 
-def decode_json(raw: bytes | str, max_bytes: int) -> Any:
-    """Parse JSON text, enforcing the size limit first."""
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise InvalidMessage(f"malformed JSON: the number {text[:20]} is out of range")
+    return value
+
+
+def json_depth(value: Any) -> int:
+    """Nesting depth of decoded JSON (a scalar is 0), computed without recursion."""
+    deepest, stack = 0, [(value, 0)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            item = list(item.values())
+        if isinstance(item, list):
+            deepest = max(deepest, depth + 1)
+            stack.extend((child, depth + 1) for child in item)
+    return deepest
+
+
+def decode_json(raw: bytes | str, max_bytes: int, max_depth: int = DEFAULT_MAX_DEPTH) -> Any:
+    """Parse JSON text: size first, then syntax, finite numbers and nesting depth."""
     size = len(raw.encode() if isinstance(raw, str) else raw)
     if size > max_bytes:
         raise MessageTooLarge(f"message is {size} bytes; the limit is {max_bytes}")
     try:
-        return json.loads(raw, parse_constant=_reject_constant)
+        data = json.loads(raw, parse_constant=_reject_constant, parse_float=_finite_float)
+    except RecursionError:
+        raise InvalidMessage(f"JSON is nested deeper than {max_depth} levels") from None
     except (ValueError, UnicodeDecodeError) as exc:
         raise InvalidMessage(f"malformed JSON: {exc}") from exc
+    if json_depth(data) > max_depth:
+        raise InvalidMessage(f"JSON is nested deeper than {max_depth} levels")
+    return data
 
 
 def message_from_dict(data: Any) -> Message:
@@ -86,9 +113,9 @@ def _parse_error_text(exc: Exception) -> str:
     return f"invalid message: {text[:300]}"
 
 
-def parse_message(raw: bytes | str, max_bytes: int) -> Message:
+def parse_message(raw: bytes | str, max_bytes: int, max_depth: int = DEFAULT_MAX_DEPTH) -> Message:
     """Decode one JSON text into a validated ``Message``."""
-    return message_from_dict(decode_json(raw, max_bytes))
+    return message_from_dict(decode_json(raw, max_bytes, max_depth))
 
 
 def message_to_dict(msg: Message) -> dict[str, Any]:

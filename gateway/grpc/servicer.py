@@ -6,18 +6,49 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator
+from typing import TypeVar
 
 from dialog.v1 import gateway_pb2, gateway_pb2_grpc, message_pb2
 from gateway import metrics
 from gateway.auth import Identity
 from gateway.conversation import Conversation
-from gateway.errors import DialogError, Internal
+from gateway.errors import DialogError, Internal, Unauthenticated
 from gateway.grpc.errors import Context, abort
 from gateway.service import DialogService
 from gateway.translate import make_ack, validate_client_message
 
 log = logging.getLogger(__name__)
 SURFACE = "grpc"
+
+
+T = TypeVar("T")
+
+
+async def _until_expiry(
+    service: DialogService, identity: Identity, items: AsyncIterator[T]
+) -> AsyncIterator[T]:
+    """``items`` until the token expires; then ``Unauthenticated``.
+
+    The deadline guards only the wait for the next item, never a ``yield``, so
+    that it cannot cancel the caller while it writes.
+    """
+    deadline = asyncio.get_running_loop().time() + service.remaining_s(identity)
+    while True:
+        try:
+            async with asyncio.timeout_at(deadline):
+                item = await anext(items)
+        except StopAsyncIteration:
+            return
+        except TimeoutError:
+            raise Unauthenticated("token expired") from None
+        yield item
+
+
+async def _queued(
+    queue: asyncio.Queue[message_pb2.Message | None],
+) -> AsyncIterator[message_pb2.Message]:
+    while (msg := await queue.get()) is not None:
+        yield msg
 
 
 def _authorization(context: Context) -> str | None:
@@ -46,8 +77,9 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
             stored, backend = self._service.admit(identity, request.message, SURFACE)
             yield gateway_pb2.SendResponse(message=make_ack(stored))
             upstreams = self._service.upstreams(identity)
+            replies = self._service.replies(upstreams, identity, backend, stored)
             try:
-                async for reply in self._service.replies(upstreams, identity, backend, stored):
+                async for reply in _until_expiry(self._service, identity, replies):
                     yield gateway_pb2.SendResponse(message=reply)
             finally:
                 await upstreams.aclose()
@@ -76,7 +108,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
             self._pump(identity, request_iterator, outbox), name="converse-requests"
         )
         try:
-            while (msg := await outbox.get()) is not None:
+            async for msg in _until_expiry(self._service, identity, _queued(outbox)):
                 yield gateway_pb2.ConverseResponse(message=msg)
             await pump
         except DialogError as exc:
@@ -119,7 +151,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
             try:
                 # Headers now, so the client knows the subscription is live.
                 await context.send_initial_metadata(())
-                async for msg in sub:
+                async for msg in _until_expiry(self._service, identity, aiter(sub)):
                     yield gateway_pb2.SubscribeResponse(message=msg)
             finally:
                 self._service.hub.unsubscribe(identity.subject, sub)

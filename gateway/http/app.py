@@ -2,21 +2,28 @@
 
 from __future__ import annotations
 
+import hmac
 import logging
+from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Route, WebSocketRoute
+from starlette.routing import BaseRoute, Route, WebSocketRoute
 
 from gateway import metrics
-from gateway.errors import DialogError, Internal, InvalidMessage, NotFound
+from gateway.errors import DialogError, Internal, InvalidMessage, NotFound, Unauthenticated
 from gateway.health import HealthMonitor
 from gateway.http.events import event_stream
+from gateway.http.headers import SecurityHeaders
 from gateway.http.messages import post_message
 from gateway.http.responses import error_response, json_response
+from gateway.http.tickets import post_ws_ticket
+from gateway.openapi import VERSION, openapi_document
 from gateway.service import DialogService
 from gateway.websocket.bridge import websocket_endpoint
 
@@ -24,11 +31,34 @@ log = logging.getLogger(__name__)
 
 
 async def health(request: Request) -> Response:
+    """Back-end health and, when configured, the JWKS key set.
+
+    A JWKS outage with last good keys is reported (``"stale"``) but keeps 200; a JWKS that
+    never loaded (``"unavailable"``: no JWKS token can be verified) makes it 503.
+    """
     monitor: HealthMonitor = request.app.state.health
-    return json_response(monitor.snapshot(), 200 if monitor.overall_ok() else 503)
+    service: DialogService = request.app.state.service
+    body = monitor.snapshot()
+    ok = monitor.overall_ok()
+    jwks = service.authenticator.jwks_status()
+    if jwks is not None:
+        body["jwks"] = jwks
+        if not service.authenticator.jwks_available():
+            ok = False
+            body["status"] = "NOT_SERVING"  # health_state.Status.NOT_SERVING
+    return json_response(body, 200 if ok else 503)
+
+
+async def openapi_json(request: Request) -> Response:
+    return json_response(request.app.state.openapi)
 
 
 async def prometheus_metrics(request: Request) -> Response:
+    expected = request.app.state.metrics_token
+    if expected:
+        given = request.headers.get("authorization", "")
+        if not hmac.compare_digest(given.encode(), f"Bearer {expected}".encode()):
+            return error_response(Unauthenticated("metrics need the metrics token"))
     return Response(generate_latest(metrics.REGISTRY), media_type=CONTENT_TYPE_LATEST)
 
 
@@ -54,21 +84,59 @@ async def _unexpected(request: Request, exc: Exception) -> Response:
     return error_response(Internal())
 
 
+EXCEPTION_HANDLERS: dict[Any, Any] = {
+    HTTPException: _http_error,
+    DialogError: _dialog_error,
+    Exception: _unexpected,
+}
+CORS_HEADERS = ["Authorization", "Content-Type", "Idempotency-Key", "Last-Event-ID"]
+
+
 def build_app(service: DialogService, monitor: HealthMonitor) -> Starlette:
-    app = Starlette(
-        routes=[
-            Route("/messages", post_message, methods=["POST"]),
-            Route("/events/stream", event_stream, methods=["GET"]),
-            Route("/health", health, methods=["GET"]),
-            Route("/metrics", prometheus_metrics, methods=["GET"]),
-            WebSocketRoute("/ws", websocket_endpoint),
-        ],
-        exception_handlers={
-            HTTPException: _http_error,
-            DialogError: _dialog_error,
-            Exception: _unexpected,
-        },
-    )
+    """The public application. ``/metrics`` is here unless ``ADMIN_PORT`` moves it."""
+    config = service.config
+    routes: list[BaseRoute] = [
+        Route("/messages", post_message, methods=["POST"]),
+        Route("/ws-ticket", post_ws_ticket, methods=["POST"]),
+        Route("/events/stream", event_stream, methods=["GET"]),
+        Route("/health", health, methods=["GET"]),
+        Route("/openapi.json", openapi_json, methods=["GET"]),
+        WebSocketRoute("/ws", websocket_endpoint),
+    ]
+    if not config.admin_port:
+        routes.append(Route("/metrics", prometheus_metrics, methods=["GET"]))
+    middleware = [Middleware(SecurityHeaders, tls=config.tls)]
+    if service.allowed_origins:
+        middleware.append(
+            Middleware(
+                CORSMiddleware,
+                allow_origins=sorted(service.allowed_origins),
+                allow_methods=["GET", "POST"],
+                allow_headers=CORS_HEADERS,
+                max_age=600,
+            )
+        )
+    return _app(routes, middleware, service, monitor)
+
+
+def build_admin_app(service: DialogService, monitor: HealthMonitor) -> Starlette:
+    """The admin listener of ``ADMIN_PORT``: ``/metrics`` and ``/health``."""
+    routes: list[BaseRoute] = [
+        Route("/metrics", prometheus_metrics, methods=["GET"]),
+        Route("/health", health, methods=["GET"]),
+    ]
+    return _app(routes, [Middleware(SecurityHeaders, tls=False)], service, monitor)
+
+
+def _app(
+    routes: list[BaseRoute],
+    middleware: list[Middleware],
+    service: DialogService,
+    monitor: HealthMonitor,
+) -> Starlette:
+    app = Starlette(routes=routes, middleware=middleware, exception_handlers=EXCEPTION_HANDLERS)
     app.state.service = service
     app.state.health = monitor
+    app.state.metrics_token = service.config.metrics_token
+    app.state.openapi = openapi_document(VERSION)
     return app

@@ -43,7 +43,7 @@ async def post_message(request: Request) -> Response:
             raise InvalidMessage("Content-Type must be application/json")
         config = service.config
         body = await read_limited(request, config.max_message_bytes, config.body_timeout_ms / 1000)
-        msg = parse_message(body, config.max_message_bytes)
+        msg = parse_message(body, config.max_message_bytes, config.json_max_depth)
         key = request.headers.get(IDEMPOTENCY_HEADER)
         if key and not msg.id:
             msg.id = key

@@ -89,9 +89,16 @@ class ConverseSession:
         return await self.until_final(m.id for m in messages)
 
 
-def user_message(msg_id: str, content_type: str = "text", text: str = "", *,
-                 service: str = "", entity: str = "", conversation_id: str = "c1",
-                 data: dict[str, Any] | None = None) -> message_pb2.Message:
+def user_message(
+    msg_id: str,
+    content_type: str = "text",
+    text: str = "",
+    *,
+    service: str = "",
+    entity: str = "",
+    conversation_id: str = "c1",
+    data: dict[str, Any] | None = None,
+) -> message_pb2.Message:
     """A client message as the gateway forwards it."""
     msg = message_pb2.Message(id=msg_id, role=message_pb2.ROLE_USER)
     msg.content.type = content_type
@@ -138,8 +145,13 @@ async def mesh_channel(adapter_pki: Path) -> AsyncIterator[Callable[..., grpc.ai
     """
     channels: list[grpc.aio.Channel] = []
 
-    def open_channel(port: int, server_name: str, *, identity: str | None = "gateway-client",
-                     pki: Path | None = None) -> grpc.aio.Channel:
+    def open_channel(
+        port: int,
+        server_name: str,
+        *,
+        identity: str | None = "gateway-client",
+        pki: Path | None = None,
+    ) -> grpc.aio.Channel:
         directory = pki or adapter_pki
         ca = (adapter_pki / "ca.pem").read_bytes()
         if identity is None:

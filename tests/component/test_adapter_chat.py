@@ -16,7 +16,7 @@ async def chat(adapter_runner, mesh_channel):
 async def test_echo_streams_words_then_the_full_text(
     chat, converse, make_message, final_of
 ) -> None:
-    replies = (await converse(chat, "alice").ask(make_message("m1", "text", "hello  brave world")))
+    replies = await converse(chat, "alice").ask(make_message("m1", "text", "hello  brave world"))
     messages = replies["m1"]
     deltas = [m.content.text for m in messages if m.content.type == "delta"]
     final = final_of(messages)

@@ -46,7 +46,10 @@ async def test_streams_model_deltas_then_the_full_text(
         replies = (await converse(channel, "alice").ask(make_message("m1", "text", "Hi?")))["m1"]
 
     assert [m.content.text for m in replies if m.content.type == "delta"] == [
-        "Hel", "lo", ", ", "world",
+        "Hel",
+        "lo",
+        ", ",
+        "world",
     ]
     final = final_of(replies)
     assert (final.content.type, final.content.text) == ("text", "Hello, world")
@@ -55,7 +58,9 @@ async def test_streams_model_deltas_then_the_full_text(
     assert request.path == "/v1/chat/completions"
     assert request.headers["authorization"] == f"Bearer {API_KEY}"
     assert request.body == {
-        "model": "tiny", "stream": True, "messages": [{"role": "user", "content": "Hi?"}],
+        "model": "tiny",
+        "stream": True,
+        "messages": [{"role": "user", "content": "Hi?"}],
     }
 
 

@@ -30,13 +30,15 @@ def free_port() -> int:
 
 def adapter_env(pki: Path, name: str, port: int, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("LLM_", "CHAT_", "TASKS_"))}
-    env.update({
-        f"{name.upper()}_PORT": str(port),
-        f"{name.upper()}_CERT_FILE": str(pki / f"{name}.pem"),
-        f"{name.upper()}_KEY_FILE": str(pki / f"{name}-key.pem"),
-        "MESH_CA_FILE": str(pki / "ca.pem"),
-        **extra,
-    })
+    env.update(
+        {
+            f"{name.upper()}_PORT": str(port),
+            f"{name.upper()}_CERT_FILE": str(pki / f"{name}.pem"),
+            f"{name.upper()}_KEY_FILE": str(pki / f"{name}-key.pem"),
+            "MESH_CA_FILE": str(pki / "ca.pem"),
+            **extra,
+        }
+    )
     return env
 
 
@@ -46,8 +48,13 @@ async def spawn() -> AsyncIterator[Callable[..., Awaitable[asyncio.subprocess.Pr
 
     async def start(name: str, env: dict[str, str]) -> asyncio.subprocess.Process:
         process = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", f"adapters.{name}", cwd=PROJECT_DIR, env=env,
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+            sys.executable,
+            "-m",
+            f"adapters.{name}",
+            cwd=PROJECT_DIR,
+            env=env,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
         )
         processes.append(process)
         return process

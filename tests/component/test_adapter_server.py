@@ -27,8 +27,12 @@ RPC_TIMEOUT_S = 10.0
 
 def adapter_config(pki: Path, name: str) -> AdapterConfig:
     return AdapterConfig(
-        name=name, host="127.0.0.1", port=0, cert_file=str(pki / f"{name}.pem"),
-        key_file=str(pki / f"{name}-key.pem"), ca_file=str(pki / "ca.pem"),
+        name=name,
+        host="127.0.0.1",
+        port=0,
+        cert_file=str(pki / f"{name}.pem"),
+        key_file=str(pki / f"{name}-key.pem"),
+        ca_file=str(pki / "ca.pem"),
     )
 
 
@@ -87,7 +91,9 @@ async def test_replies_are_deltas_and_events_then_one_stamped_final(
 
     assert [m.content.type for m in replies] == ["delta", "noted", "text"]
     assert [m.role for m in replies] == [
-        message_pb2.ROLE_ASSISTANT, message_pb2.ROLE_EVENT, message_pb2.ROLE_ASSISTANT,
+        message_pb2.ROLE_ASSISTANT,
+        message_pb2.ROLE_EVENT,
+        message_pb2.ROLE_ASSISTANT,
     ]
     final = final_of(replies)
     assert final.content.text == "alice:hi"
@@ -231,9 +237,7 @@ async def _health(channel: grpc.aio.Channel, service: str) -> health_pb2.HealthC
     return await stub.Check(request, timeout=RPC_TIMEOUT_S)
 
 
-async def test_channel_without_client_certificate_is_refused(
-    adapter_runner, mesh_channel
-) -> None:
+async def test_channel_without_client_certificate_is_refused(adapter_runner, mesh_channel) -> None:
     server = await adapter_runner(ScriptedServicer(), "chat")
     assert (await _health(mesh_channel(server.port, "chat"), "")).status == 1  # control
     with pytest.raises(grpc.aio.AioRpcError) as caught:
@@ -304,7 +308,6 @@ async def test_start_binds_port_zero_and_reports_the_port(adapter_pki, mesh_chan
         assert (await _health(channel, "")).status == health_pb2.HealthCheckResponse.SERVING
     finally:
         await server.stop(grace_s=0)
-
 
 
 class _StallSeen(logging.Handler):

@@ -37,15 +37,16 @@ def task_message(make_message, msg_id: str, kind: str, text: str = "", **kw):
     return make_message(msg_id, kind, text, service="tasks", **kw)
 
 
-async def test_create_sends_an_event_then_the_task(
-    tasks, converse, make_message, final_of
-) -> None:
-    replies = (await converse(tasks, "alice").ask(
-        task_message(make_message, "c1", "task.create", "buy milk")
-    ))["c1"]
+async def test_create_sends_an_event_then_the_task(tasks, converse, make_message, final_of) -> None:
+    replies = (
+        await converse(tasks, "alice").ask(
+            task_message(make_message, "c1", "task.create", "buy milk")
+        )
+    )["c1"]
 
     assert [(m.role, m.content.type) for m in replies] == [
-        (message_pb2.ROLE_EVENT, "task.created"), (message_pb2.ROLE_ASSISTANT, "task"),
+        (message_pb2.ROLE_EVENT, "task.created"),
+        (message_pb2.ROLE_ASSISTANT, "task"),
     ]
     event, final = replies
     task = dict(final.content.data)
@@ -82,19 +83,21 @@ async def test_complete_by_data_id_and_by_entity(tasks, converse, make_message) 
         created = await session.ask(task_message(make_message, f"c{i}", "task.create", "t"))
         ids.append(created[f"c{i}"][-1].content.data["id"])
 
-    by_data = (await session.ask(
-        task_message(make_message, "k1", "task.complete", data={"id": ids[0]})
-    ))["k1"]
-    by_number = (await session.ask(
-        task_message(make_message, "k2", "task.complete", data={"id": int(ids[1])})
-    ))["k2"]
+    by_data = (
+        await session.ask(task_message(make_message, "k1", "task.complete", data={"id": ids[0]}))
+    )["k1"]
+    by_number = (
+        await session.ask(
+            task_message(make_message, "k2", "task.complete", data={"id": int(ids[1])})
+        )
+    )["k2"]
     for replies in (by_data, by_number):
         assert [m.content.type for m in replies] == ["task.completed", "task"]
         assert replies[-1].content.data["done"] is True
 
-    again = (await session.ask(
-        task_message(make_message, "k3", "task.complete", entity=ids[0])
-    ))["k3"]
+    again = (await session.ask(task_message(make_message, "k3", "task.complete", entity=ids[0])))[
+        "k3"
+    ]
     assert [m.content.type for m in again] == ["task"]  # already done: no second event
     assert again[-1].content.data["id"] == ids[0]
 
@@ -107,13 +110,13 @@ async def test_users_never_see_each_others_tasks(tasks, converse, make_message) 
     bob_list = (await bob.ask(task_message(make_message, "l1", "task.list")))["l1"][-1]
     assert list(bob_list.content.data["tasks"]) == []
 
-    theirs = (await bob.ask(
-        task_message(make_message, "k1", "task.complete", entity=alice_id)
-    ))["k1"]
+    theirs = (await bob.ask(task_message(make_message, "k1", "task.complete", entity=alice_id)))[
+        "k1"
+    ]
     unknown_id = str(int(alice_id) + 1000)
-    missing = (await bob.ask(
-        task_message(make_message, "k2", "task.complete", entity=unknown_id)
-    ))["k2"]
+    missing = (await bob.ask(task_message(make_message, "k2", "task.complete", entity=unknown_id)))[
+        "k2"
+    ]
     assert [(m.content.type, m.content.text) for m in theirs] == [
         ("error", f"task {alice_id} not found")
     ]

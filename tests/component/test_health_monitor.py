@@ -132,8 +132,12 @@ async def test_serving_backend_over_mtls(
 ) -> None:
     servicer, status_of = gateway_health.servicer, gateway_health.status_of
     monitor = HealthMonitor(
-        {"chat": chat_channel}, {"chat": True},
-        interval_ms=100, timeout_ms=2000, servicer=servicer, clock=fixed_clock,
+        {"chat": chat_channel},
+        {"chat": True},
+        interval_ms=100,
+        timeout_ms=2000,
+        servicer=servicer,
+        clock=fixed_clock,
     )
     before = monitor.snapshot()
     assert before["status"] == "NOT_SERVING"
@@ -163,8 +167,12 @@ async def test_backend_reporting_not_serving(
 ) -> None:
     servicer, status_of = gateway_health.servicer, gateway_health.status_of
     monitor = HealthMonitor(
-        {"chat": chat_channel}, {"chat": True},
-        interval_ms=100, timeout_ms=2000, servicer=servicer, clock=fixed_clock,
+        {"chat": chat_channel},
+        {"chat": True},
+        interval_ms=100,
+        timeout_ms=2000,
+        servicer=servicer,
+        clock=fixed_clock,
     )
     await monitor.check_once()
     assert monitor.backend("chat").status == "SERVING"
@@ -198,8 +206,12 @@ async def test_stopped_backend_counts_failures(
 ) -> None:
     servicer, status_of = gateway_health.servicer, gateway_health.status_of
     monitor = HealthMonitor(
-        {"chat": chat_channel}, {"chat": True},
-        interval_ms=100, timeout_ms=1000, servicer=servicer, clock=fixed_clock,
+        {"chat": chat_channel},
+        {"chat": True},
+        interval_ms=100,
+        timeout_ms=1000,
+        servicer=servicer,
+        clock=fixed_clock,
     )
     await monitor.check_once()
     assert monitor.overall_ok()
@@ -233,8 +245,12 @@ async def test_optional_backend_down_keeps_gateway_serving(
     await tasks.stop()
     try:
         monitor = HealthMonitor(
-            {"chat": chat_channel, "tasks": tasks_channel}, {"chat": True, "tasks": False},
-            interval_ms=100, timeout_ms=1000, servicer=servicer, clock=fixed_clock,
+            {"chat": chat_channel, "tasks": tasks_channel},
+            {"chat": True, "tasks": False},
+            interval_ms=100,
+            timeout_ms=1000,
+            servicer=servicer,
+            clock=fixed_clock,
         )
         await monitor.check_once()
     finally:
@@ -254,9 +270,7 @@ async def test_client_without_certificate_is_not_serving(certs: Path, chat: Back
     """The back-end requires client certificates, so the check fails without one."""
     channel = mtls_channel(certs, "chat", chat.port, client_cert=False)
     try:
-        monitor = HealthMonitor(
-            {"chat": channel}, {"chat": True}, interval_ms=100, timeout_ms=1000
-        )
+        monitor = HealthMonitor({"chat": channel}, {"chat": True}, interval_ms=100, timeout_ms=1000)
         await monitor.check_once()
     finally:
         await channel.close(grace=None)
@@ -281,8 +295,11 @@ async def test_run_loop_notices_a_dead_backend(
     servicer, status_of = gateway_health.servicer, gateway_health.status_of
     await servicer.set("", SERVING)  # the servicer's default: run() must not trust it
     monitor = HealthMonitor(
-        {"chat": chat_channel}, {"chat": True},
-        interval_ms=100, timeout_ms=1000, servicer=servicer,
+        {"chat": chat_channel},
+        {"chat": True},
+        interval_ms=100,
+        timeout_ms=1000,
+        servicer=servicer,
     )
     runner = asyncio.create_task(monitor.run(), name="health-monitor")
     try:

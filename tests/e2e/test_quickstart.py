@@ -70,11 +70,12 @@ def test_cli_chat_session(stack: Stack) -> None:
 
 
 def test_grpcurl_lists_and_calls_through_reflection(stack: Stack) -> None:
-    listed = run(stack, str(GRPCURL), "-cacert", "certs/ca.pem", stack.grpc_target, "list")
+    token = stack.token("grpcurl-user")
+    auth = ("-H", f"authorization: Bearer {token}")
+    listed = run(stack, str(GRPCURL), "-cacert", "certs/ca.pem", *auth, stack.grpc_target, "list")
     assert listed.returncode == 0, listed.stderr
     services = set(listed.stdout.split())
     assert {"dialog.v1.Gateway", "grpc.health.v1.Health"} <= services
-    token = stack.token("grpcurl-user")
     called = run(
         stack,
         str(GRPCURL), "-cacert", "certs/ca.pem",
@@ -85,16 +86,24 @@ def test_grpcurl_lists_and_calls_through_reflection(stack: Stack) -> None:
     assert called.returncode == 0, called.stderr
     assert "via grpcurl" in called.stdout
     health = run(
-        stack, str(GRPCURL), "-cacert", "certs/ca.pem", stack.grpc_target,
+        stack, str(GRPCURL), "-cacert", "certs/ca.pem", *auth, stack.grpc_target,
         "grpc.health.v1.Health/Check",
     )  # fmt: skip
     assert '"status": "SERVING"' in health.stdout, health.stdout + health.stderr
 
 
+def test_reflection_needs_a_token(stack: Stack) -> None:
+    listed = run(stack, str(GRPCURL), "-cacert", "certs/ca.pem", stack.grpc_target, "list")
+    assert listed.returncode != 0
+    assert "Unauthenticated" in listed.stderr
+
+
 def test_buf_curl_lists_methods(stack: Stack) -> None:
     assert BUF.exists(), "buf is installed by 'make test' into .tools/"
+    token = cli(stack, "token", "--sub", "alice").stdout.strip()
     result = run(
         stack, str(BUF), "curl", "--protocol", "grpc", "--cacert", "certs/ca.pem",
+        "--reflect-header", f"Authorization: Bearer {token}",
         "--list-methods", f"https://localhost:{stack.ports['grpc']}",
     )  # fmt: skip
     assert result.returncode == 0, result.stderr

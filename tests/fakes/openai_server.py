@@ -125,4 +125,3 @@ def unused_base_url() -> str:
     with socket.create_server(("127.0.0.1", 0)) as sock:
         port = sock.getsockname()[1]
     return f"http://127.0.0.1:{port}"
-

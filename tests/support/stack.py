@@ -75,6 +75,9 @@ class Stack:
     ports: dict[str, int] = field(default_factory=dict)
     processes: list[Process] = field(default_factory=list)
     tls: bool = True
+    # Stem of a client certificate in certs/ (e.g. issued by gateway.certs.issue_client_cert)
+    # that ssl_context() presents; empty: none.
+    client_cert: str = ""
 
     @classmethod
     def create(cls, workdir: Path) -> Stack:
@@ -144,6 +147,28 @@ class Stack:
             )
             assert proc.popen.poll() is None, proc.log()
 
+    @property
+    def recorder_file(self) -> Path:
+        return self.workdir / "recorder.jsonl"
+
+    def start_recorder(self, **env: str) -> Process:
+        """The recording back-end (tests/support/recorder.py) in place of ``chat``."""
+        log_path = self.workdir / "recorder.log"
+        popen = subprocess.Popen(
+            [sys.executable, "-m", "tests.support.recorder"],
+            cwd=self.workdir,
+            env={**self.env(RECORDER_FILE=str(self.recorder_file), **env), "PYTHONPATH": str(ROOT)},
+            stdout=log_path.open("wb"),
+            stderr=subprocess.STDOUT,
+        )
+        proc = Process("recorder", popen, log_path)
+        self.processes.append(proc)
+        wait_until(
+            lambda: port_open(self.ports["chat"]) or popen.poll() is not None, 20, "recorder"
+        )
+        assert popen.poll() is None, proc.log()
+        return proc
+
     def start_gateway(self, **env: str) -> Process:
         proc = self.start("gateway", "serve", **env)
         wait_until(
@@ -167,7 +192,13 @@ class Stack:
             return None
 
     def ssl_context(self) -> ssl.SSLContext:
-        return ssl.create_default_context(cafile=str(self.ca_file))
+        context = ssl.create_default_context(cafile=str(self.ca_file))
+        if self.client_cert:
+            certs = self.workdir / "certs"
+            context.load_cert_chain(
+                certs / f"{self.client_cert}.pem", certs / f"{self.client_cert}-key.pem"
+            )
+        return context
 
     def token(self, sub: str = "", *, ttl_s: int = 600, secret: str = "", **claims: str) -> str:
         return mint_token(

@@ -11,8 +11,13 @@ from adapters.config import CHAT_DEFAULT_PORT, TASKS_DEFAULT_PORT, AdapterConfig
 def test_defaults() -> None:
     config = AdapterConfig.from_env("chat", {}, CHAT_DEFAULT_PORT)
     assert config == AdapterConfig(
-        name="chat", host="127.0.0.1", port=50061, cert_file="certs/chat.pem",
-        key_file="certs/chat-key.pem", ca_file="certs/ca.pem", max_message_bytes=1048576,
+        name="chat",
+        host="127.0.0.1",
+        port=50061,
+        cert_file="certs/chat.pem",
+        key_file="certs/chat-key.pem",
+        ca_file="certs/ca.pem",
+        max_message_bytes=1048576,
     )
     assert TASKS_DEFAULT_PORT == 50062
     assert config.address == "127.0.0.1:50061"
@@ -20,8 +25,12 @@ def test_defaults() -> None:
 
 def test_overrides() -> None:
     env = {
-        "TASKS_HOST": "::1", "TASKS_PORT": "6000", "TASKS_CERT_FILE": "/c.pem",
-        "TASKS_KEY_FILE": "/k.pem", "MESH_CA_FILE": "/ca.pem", "MAX_MESSAGE_BYTES": "2048",
+        "TASKS_HOST": "::1",
+        "TASKS_PORT": "6000",
+        "TASKS_CERT_FILE": "/c.pem",
+        "TASKS_KEY_FILE": "/k.pem",
+        "MESH_CA_FILE": "/ca.pem",
+        "MAX_MESSAGE_BYTES": "2048",
         "CHAT_PORT": "1",  # another adapter's variable is ignored
     }
     config = AdapterConfig.from_env("tasks", env, TASKS_DEFAULT_PORT)
@@ -54,10 +63,14 @@ def test_llm_is_off_without_a_base_url() -> None:
 
 
 def test_llm_settings() -> None:
-    config = LlmConfig.from_env({
-        "LLM_BASE_URL": "https://llm.example/", "LLM_MODEL": "gpt-x",
-        "LLM_API_KEY": "sk-secret", "LLM_TIMEOUT_MS": "1500",
-    })
+    config = LlmConfig.from_env(
+        {
+            "LLM_BASE_URL": "https://llm.example/",
+            "LLM_MODEL": "gpt-x",
+            "LLM_API_KEY": "sk-secret",
+            "LLM_TIMEOUT_MS": "1500",
+        }
+    )
     assert config is not None
     assert config.url == "https://llm.example/v1/chat/completions"
     assert (config.model, config.api_key, config.timeout_s) == ("gpt-x", "sk-secret", 1.5)

@@ -36,5 +36,7 @@ def test_pieces_join_back_and_hold_one_word_each(text: str) -> None:
 def test_echo_replies_are_deltas_then_the_text() -> None:
     replies = list(echo_replies("to be"))
     assert [(m.content.type, m.content.text) for m in replies] == [
-        ("delta", "to "), ("delta", "be"), ("text", "to be"),
+        ("delta", "to "),
+        ("delta", "be"),
+        ("text", "to be"),
     ]

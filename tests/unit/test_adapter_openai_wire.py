@@ -16,22 +16,41 @@ from adapters.chat.openai_wire import (
 
 
 def chunk(delta: dict[str, object], finish_reason: str | None = None) -> str:
-    return json.dumps({
-        "id": "chatcmpl-1", "object": "chat.completion.chunk", "created": 1, "model": "m",
-        "choices": [{"index": 0, "delta": delta, "finish_reason": finish_reason}],
-    })
+    return json.dumps(
+        {
+            "id": "chatcmpl-1",
+            "object": "chat.completion.chunk",
+            "created": 1,
+            "model": "m",
+            "choices": [{"index": 0, "delta": delta, "finish_reason": finish_reason}],
+        }
+    )
 
 
 def test_request_body_asks_for_a_stream() -> None:
     assert request_body("llama3", "hi") == {
-        "model": "llama3", "stream": True, "messages": [{"role": "user", "content": "hi"}],
+        "model": "llama3",
+        "stream": True,
+        "messages": [{"role": "user", "content": "hi"}],
     }
 
 
 def test_decoder_yields_one_data_per_event() -> None:
     decoder = SseDecoder()
-    lines = [": keep-alive", "", "event: message", "data: one", "", "data:two", "",
-             "data: a", "data: b", "id: 3", "retry: 10", ""]
+    lines = [
+        ": keep-alive",
+        "",
+        "event: message",
+        "data: one",
+        "",
+        "data:two",
+        "",
+        "data: a",
+        "data: b",
+        "id: 3",
+        "retry: 10",
+        "",
+    ]
     events = [data for line in lines if (data := decoder.feed(line)) is not None]
     assert events == ["one", "two", "a\nb"]
 

@@ -1,14 +1,13 @@
-"""JWT verification, minting and the Bearer header (gateway.auth), no event loop.
+"""HS256 verification, minting and the Bearer header (gateway.auth), no event loop.
 
-PyJWT checks ``exp`` against the wall clock, so tokens here are minted relative to
-``time.time()`` with margins of tens of seconds: no test depends on timing.
+The verifier takes the clock as an argument: every token here is minted and checked at
+the fixed ``NOW``. The JWKS algorithms are in test_auth_jwks.py.
 """
 
 from __future__ import annotations
 
 import base64
 import json
-import time
 from typing import Any
 
 import jwt
@@ -23,6 +22,7 @@ OTHER_SECRET = "other-secret-" + "fedcba9876543210" * 3
 ISSUER = "dialog-gateway"
 AUDIENCE = "dialog-clients"
 LEEWAY_S = 30
+NOW = 1_700_000_000.0
 
 VERIFIER = TokenVerifier(SECRET, issuer=ISSUER, audience=AUDIENCE, leeway_s=LEEWAY_S)
 
@@ -70,7 +70,7 @@ def _mint(
 
 
 def test_verify_accepts_a_minted_token() -> None:
-    now = time.time()
+    now = NOW
     token = mint_token(
         SECRET,
         "alice",
@@ -80,7 +80,7 @@ def test_verify_accepts_a_minted_token() -> None:
         audience=AUDIENCE,
         scopes=("messages:write", "events:read"),
     )
-    assert VERIFIER.verify(token) == Identity(
+    assert VERIFIER.verify(token, now_s=NOW) == Identity(
         subject="alice",
         scopes=frozenset({"messages:write", "events:read"}),
         expires_at=float(int(now) + 300),
@@ -88,16 +88,16 @@ def test_verify_accepts_a_minted_token() -> None:
 
 
 def test_verify_without_scopes_gives_an_empty_set() -> None:
-    now = time.time()
-    identity = VERIFIER.verify(_mint(now))
+    now = NOW
+    identity = VERIFIER.verify(_mint(now), now_s=now)
     assert identity.scopes == frozenset()
     assert identity.subject == "alice"
 
 
 def test_verifier_without_issuer_or_audience_accepts_plain_tokens() -> None:
-    now = time.time()
+    now = NOW
     token = mint_token(SECRET, "bob", now_s=now, ttl_s=60)
-    assert TokenVerifier(SECRET).verify(token).subject == "bob"
+    assert TokenVerifier(SECRET).verify(token, now_s=now).subject == "bob"
 
 
 # (name, token factory given now; these must all raise Unauthenticated)
@@ -136,9 +136,9 @@ def _tamper(token: str) -> str:
 
 @pytest.mark.parametrize("make", [c[1] for c in REJECT_CASES], ids=[c[0] for c in REJECT_CASES])
 def test_verify_rejects(make: Any) -> None:
-    token = make(time.time())
+    token = make(NOW)
     with pytest.raises(Unauthenticated) as info:
-        VERIFIER.verify(token)
+        VERIFIER.verify(token, now_s=NOW)
     # Converted where it enters: the PyJWT exception is only the cause.
     assert not isinstance(info.value, jwt.PyJWTError)
 
@@ -156,7 +156,7 @@ def test_verify_rejects(make: Any) -> None:
 )
 def test_verify_reason(make: Any, reason: str) -> None:
     with pytest.raises(Unauthenticated, match=reason):
-        VERIFIER.verify(make(time.time()))
+        VERIFIER.verify(make(NOW), now_s=NOW)
 
 
 @pytest.mark.parametrize(
@@ -169,13 +169,13 @@ def test_verify_reason(make: Any, reason: str) -> None:
     ids=["within leeway", "valid", "beyond leeway"],
 )
 def test_verify_leeway(expired_s_ago: int, accepted: bool) -> None:
-    now = time.time()
+    now = NOW
     token = _hs(now, iat=int(now) - 600, exp=int(now) - expired_s_ago)
     if accepted:
-        assert VERIFIER.verify(token).subject == "alice"
+        assert VERIFIER.verify(token, now_s=NOW).subject == "alice"
     else:
         with pytest.raises(Unauthenticated):
-            VERIFIER.verify(token)
+            VERIFIER.verify(token, now_s=NOW)
 
 
 def test_mint_token_claims() -> None:

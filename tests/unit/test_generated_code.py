@@ -60,3 +60,13 @@ def test_differences_are_detected() -> None:
     assert "missing: ['b.py']" in _differences(base, {"a.py": b"1"})
     assert "extra: ['c.py']" in _differences(base, {**base, "c.py": b"3"})
     assert "changed: ['a.py']" in _differences(base, {**base, "a.py": b"1 "})
+
+
+def test_openapi_document_is_up_to_date() -> None:
+    script = ROOT / "scripts" / "gen_openapi.py"
+    spec = importlib.util.spec_from_file_location("gen_openapi", script)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    current = (ROOT / "docs" / "openapi.yaml").read_text()
+    assert current == module.render(), "docs/openapi.yaml is out of date: run make gen"
