@@ -43,14 +43,14 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import jwt
 from jwt.types import Options
 
-from gateway.errors import PermissionDenied, Unauthenticated
+from gateway.errors import InvalidMessage, PermissionDenied, Unauthenticated
 
 SECRET_ALGORITHM = "HS256"
 JWKS_ALGORITHMS = ("RS256", "ES256", "EdDSA")
@@ -337,6 +337,17 @@ def require_scopes(identity: Identity, required: Iterable[str]) -> None:
     missing = [scope for scope in required if scope not in identity.scopes]
     if missing:
         raise PermissionDenied(f"missing scope: {' '.join(missing)}")
+
+
+def one_authorization(values: Sequence[str]) -> str | None:
+    """The request's one ``Authorization`` value, or ``None``.
+
+    A request that carries more than one is refused (RFC 6750, section 3.1): a proxy
+    that read another of them would disagree with the gateway about who is calling.
+    """
+    if len(values) > 1:
+        raise InvalidMessage("more than one Authorization header")
+    return values[0] if values else None
 
 
 def bearer_token(header: str | None) -> str:

@@ -35,6 +35,20 @@ class RedactCredentials(logging.Filter):
         return True
 
 
+class QuietRefusedHandshakes(logging.Filter):
+    """Drops uvicorn's error line after the gateway refused a WebSocket handshake.
+
+    uvicorn 0.54 reports every handshake answered with an HTTP denial (401, 403,
+    429) as "returned without completing handshake"; the refusal itself is the
+    gateway's answer, counted in its metrics, and anyone could flood the log.
+    """
+
+    MESSAGE = "ASGI callable returned without completing handshake."
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.name == "uvicorn.error" and record.msg == self.MESSAGE)
+
+
 def setup_logging(level: str) -> None:
     """One line per record on stderr, with credentials redacted on every handler."""
     logging.basicConfig(
@@ -42,3 +56,4 @@ def setup_logging(level: str) -> None:
     )
     for handler in logging.getLogger().handlers:
         handler.addFilter(RedactCredentials())
+        handler.addFilter(QuietRefusedHandshakes())

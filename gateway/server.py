@@ -56,6 +56,8 @@ def http_config(
         ws_ping_timeout=20.0,
         timeout_graceful_shutdown=int(GRACE_S),
         server_header=False,
+        # The gateway is the edge: it never trusts X-Forwarded-* from a client.
+        proxy_headers=False,
         limit_concurrency=config.max_connections,
         **tls,  # type: ignore[arg-type]
     )

@@ -9,12 +9,12 @@ from __future__ import annotations
 import secrets
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
 
 from dialog.v1 import message_pb2
 from gateway import metrics
-from gateway.auth import Identity, bearer_token, require_scopes
+from gateway.auth import Identity, bearer_token, one_authorization, require_scopes
 from gateway.authenticator import Authenticator
 from gateway.config import GatewayConfig
 from gateway.errors import PermissionDenied, RateLimited, ServerBusy, Unauthenticated
@@ -64,8 +64,13 @@ class DialogService:
         await self.authenticator.close()
         await self.pool.close()
 
-    async def authenticate(self, authorization: str | None, surface: str) -> Identity:
-        """Verify an ``Authorization`` header value; count failures by reason."""
+    async def authenticate(
+        self, authorization: str | Sequence[str] | None, surface: str
+    ) -> Identity:
+        """Verify an ``Authorization`` value (or every value a request carried: more than one
+        is refused, RFC 6750 section 3.1); count failures by reason."""
+        if not isinstance(authorization, str) and authorization is not None:
+            authorization = one_authorization(authorization)
         try:
             return await self.authenticator.authenticate(bearer_token(authorization))
         except Unauthenticated as exc:

@@ -91,7 +91,8 @@ def message_from_dict(data: Any) -> Message:
     msg = Message()
     try:
         json_format.ParseDict(data, msg, ignore_unknown_fields=False)
-    except (json_format.ParseError, TypeError, ValueError) as exc:
+    # OverflowError: an integer too large for a double in ``content.data`` (a Struct).
+    except (json_format.ParseError, TypeError, ValueError, OverflowError) as exc:
         raise InvalidMessage(_parse_error_text(exc)) from exc
     validate_client_message(msg)
     return msg

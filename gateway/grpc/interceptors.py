@@ -20,11 +20,8 @@ REFLECTION_PREFIX = "/grpc.reflection."
 SURFACE = "grpc"
 
 
-def _header(details: grpc.HandlerCallDetails, name: str) -> str | None:
-    for key, value in details.invocation_metadata or ():
-        if key == name:
-            return str(value)
-    return None
+def _header(details: grpc.HandlerCallDetails, name: str) -> list[str]:
+    return [str(v) for k, v in details.invocation_metadata or () if k == name]
 
 
 def _refusal(error: DialogError) -> grpc.RpcMethodHandler[Any, Any]:

@@ -51,11 +51,8 @@ async def _queued(
         yield msg
 
 
-def _authorization(context: Context) -> str | None:
-    for key, value in context.invocation_metadata() or ():
-        if key == "authorization":
-            return str(value)
-    return None
+def _authorization(context: Context) -> list[str]:
+    return [str(v) for k, v in context.invocation_metadata() or () if k == "authorization"]
 
 
 class GatewayServicer(gateway_pb2_grpc.GatewayServicer):

@@ -50,6 +50,12 @@ async def health(request: Request) -> Response:
 
 
 async def openapi_json(request: Request) -> Response:
+    """The API's shape, like server reflection, is for authenticated callers only."""
+    service: DialogService = request.app.state.service
+    try:
+        await service.authenticate(request.headers.getlist("authorization"), "http")
+    except DialogError as exc:
+        return error_response(exc)
     return json_response(request.app.state.openapi)
 
 
@@ -70,6 +76,8 @@ async def _http_error(request: Request, exc: Exception) -> Response:
         error = InvalidMessage("method not allowed")
         response = error_response(error)
         response.status_code = 405
+        # RFC 9110 section 15.5.6: a 405 MUST list the allowed methods (Starlette sets it).
+        response.headers.update(exc.headers or {})
         return response
     return error_response(InvalidMessage(str(exc.detail)))
 

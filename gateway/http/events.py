@@ -26,7 +26,7 @@ async def _identity(request: Request, service: DialogService) -> Identity:
     ticket = request.query_params.get("ticket")
     if ticket is not None and "authorization" not in request.headers:
         return service.redeem_ticket(ticket, SURFACE)
-    return await service.authenticate(request.headers.get("authorization"), SURFACE)
+    return await service.authenticate(request.headers.getlist("authorization"), SURFACE)
 
 
 async def event_stream(request: Request) -> Response:

@@ -11,7 +11,7 @@ from starlette.responses import Response, StreamingResponse
 from dialog.v1 import message_pb2
 from gateway import metrics
 from gateway.auth import Identity
-from gateway.errors import DialogError, InvalidMessage
+from gateway.errors import DialogError, Internal, InvalidMessage
 from gateway.http.body import read_limited
 from gateway.http.responses import error_response, json_response
 from gateway.http.sse import sse_event
@@ -19,6 +19,7 @@ from gateway.service import DialogService
 from gateway.translate import (
     DELTA,
     ERROR,
+    MAX_ID_CHARS,
     make_ack,
     make_error,
     message_to_dict,
@@ -35,7 +36,7 @@ async def post_message(request: Request) -> Response:
     service: DialogService = request.app.state.service
     started, code = time.monotonic(), 200
     try:
-        identity = await service.authenticate(request.headers.get("authorization"), SURFACE)
+        identity = await service.authenticate(request.headers.getlist("authorization"), SURFACE)
         if request.headers.get("content-type", "").split(";")[0].strip() not in (
             "",
             "application/json",
@@ -44,7 +45,9 @@ async def post_message(request: Request) -> Response:
         config = service.config
         body = await read_limited(request, config.max_message_bytes, config.body_timeout_ms / 1000)
         msg = parse_message(body, config.max_message_bytes, config.json_max_depth)
-        key = request.headers.get(IDEMPOTENCY_HEADER)
+        key = request.headers.get(IDEMPOTENCY_HEADER, "")
+        if len(key) > MAX_ID_CHARS:
+            raise InvalidMessage(f"Idempotency-Key is longer than {MAX_ID_CHARS} characters")
         if key and not msg.id:
             msg.id = key
         stored, backend = service.admit(identity, msg, SURFACE)
@@ -59,6 +62,9 @@ async def post_message(request: Request) -> Response:
     except DialogError as exc:
         code = exc.http_status
         return error_response(exc)
+    except Exception:
+        code = Internal.http_status  # answered and logged by the app's exception handler
+        raise
     finally:
         metrics.REQUEST_SECONDS.labels(
             surface=SURFACE, method="POST /messages", code=str(code)

@@ -1,10 +1,12 @@
-"""uvicorn's httptools protocol with two limits on the request head.
+"""uvicorn's httptools protocol with limits and checks on the request head.
 
 httptools parses the request; this subclass only counts what it is fed:
 - a head (request line and headers) over ``max_head_bytes`` is answered with
   431 before any body is read (RFC 6585, section 5);
 - a head that does not arrive within ``head_timeout_s`` (a slowloris, also on a
-  WebSocket handshake) is answered with 408 and the connection closed.
+  WebSocket handshake) is answered with 408 and the connection closed;
+- a request without exactly one ``Host`` header is answered with 400
+  (RFC 9112, section 3.2).
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from gateway.errors import DialogError, RequestHeadTooLarge, RequestTimeout
+from gateway.errors import DialogError, InvalidMessage, RequestHeadTooLarge, RequestTimeout
 
 
 class _HeadRejected(Exception):
@@ -24,7 +26,7 @@ class _HeadRejected(Exception):
 
 def _answer(error: DialogError) -> bytes:
     body = json.dumps(error.to_json(), separators=(",", ":")).encode()
-    reason = {408: b"Request Timeout", 431: b"Request Header Fields Too Large"}
+    reason = {400: b"Bad Request", 408: b"Request Timeout", 431: b"Request Header Fields Too Large"}
     return b"".join(
         [
             b"HTTP/1.1 %d %s\r\n" % (error.http_status, reason[error.http_status]),
@@ -45,6 +47,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._head_bytes = 0
+        self._hosts = 0
         self._head_timer: asyncio.TimerHandle | None = None
         self._rejected = False
 
@@ -59,6 +62,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     def on_message_begin(self) -> None:
         super().on_message_begin()
         self._head_bytes = 0
+        self._hosts = 0
         self._arm_head_timer()
 
     def on_url(self, url: bytes) -> None:
@@ -67,10 +71,15 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self._count(len(name) + len(value) + 4)
+        if name.lower() == b"host":
+            self._hosts += 1
         super().on_header(name, value)
 
     def on_headers_complete(self) -> None:
         self._disarm_head_timer()
+        if self._hosts != 1:
+            self._reject(InvalidMessage("a request needs exactly one Host header"))
+            raise _HeadRejected
         super().on_headers_complete()
 
     def send_400_response(self, msg: str) -> None:

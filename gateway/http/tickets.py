@@ -18,7 +18,7 @@ async def post_ws_ticket(request: Request) -> Response:
     service: DialogService = request.app.state.service
     try:
         service.check_origin(request.headers.get("origin"))
-        identity = await service.authenticate(request.headers.get("authorization"), SURFACE)
+        identity = await service.authenticate(request.headers.getlist("authorization"), SURFACE)
         ticket, ttl_s = service.issue_ticket(identity)
     except DialogError as exc:
         return error_response(exc)

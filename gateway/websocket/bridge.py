@@ -78,9 +78,9 @@ async def _handshake_identity(ws: WebSocket, service: DialogService) -> Identity
     """The identity from the header or a ticket; ``None`` when neither was sent."""
     if any(p in ws.query_params for p in URL_TOKEN_PARAMS):
         raise InvalidMessage("tokens are not accepted in the URL; use a header or a ticket")
-    header = ws.headers.get("authorization")
-    if header is not None:
-        return await service.authenticate(header, SURFACE)
+    headers = ws.headers.getlist("authorization")
+    if headers:
+        return await service.authenticate(headers, SURFACE)
     ticket = ws.query_params.get("ticket")
     if ticket is not None:
         return service.redeem_ticket(ticket, SURFACE)
@@ -168,13 +168,16 @@ class Bridge:
                     if text is None:
                         raise InvalidMessage("binary frames are not supported; send JSON text")
                     msg = parse_message(text, config.max_message_bytes, config.json_max_depth)
-                    if msg.content.type == AUTH:
-                        await self._reauthenticate(msg, expiry)
-                        continue
                 except DialogError as exc:
                     await conv.fail(exc)
                     continue
-                await conv.submit(msg)
+                if msg.content.type != AUTH:
+                    await conv.submit(msg)
+                    continue
+                try:
+                    await self._reauthenticate(msg, expiry)
+                except DialogError as exc:
+                    await conv.fail(exc, msg.id)
 
     def _frame_allowed(self) -> bool:
         """The per-connection frame rate; repeated violations close the socket (1008)."""
