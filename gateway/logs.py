@@ -35,18 +35,25 @@ class RedactCredentials(logging.Filter):
         return True
 
 
-class QuietRefusedHandshakes(logging.Filter):
-    """Drops uvicorn's error line after the gateway refused a WebSocket handshake.
+class QuietClientFaults(logging.Filter):
+    """Drops two uvicorn error records that a client can cause at will.
 
     uvicorn 0.54 reports every handshake answered with an HTTP denial (401, 403,
-    429) as "returned without completing handshake"; the refusal itself is the
-    gateway's answer, counted in its metrics, and anyone could flood the log.
+    429) as "returned without completing handshake", and every text frame with
+    invalid UTF-8 (which it rightly closes with 1007) with a traceback. Both
+    answers are the gateway's own, counted in its metrics; logged at ERROR they
+    would let anyone flood the log.
     """
 
-    MESSAGE = "ASGI callable returned without completing handshake."
+    MESSAGES = frozenset(
+        {
+            "ASGI callable returned without completing handshake.",
+            "Invalid UTF-8 sequence received from client.",
+        }
+    )
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return not (record.name == "uvicorn.error" and record.msg == self.MESSAGE)
+        return not (record.name == "uvicorn.error" and record.msg in self.MESSAGES)
 
 
 def setup_logging(level: str) -> None:
@@ -56,4 +63,4 @@ def setup_logging(level: str) -> None:
     )
     for handler in logging.getLogger().handlers:
         handler.addFilter(RedactCredentials())
-        handler.addFilter(QuietRefusedHandshakes())
+        handler.addFilter(QuietClientFaults())

@@ -39,6 +39,8 @@ SCALARS: dict[int, dict[str, Any]] = {
     FieldDescriptor.TYPE_FLOAT: {"type": "number"},
 }
 IGNORED = "Accepted and ignored: the gateway sets it."
+# translate: a null role is refused, and so are a null content and content.type (required).
+NOT_NULLABLE = frozenset({"role", "content", "type"})
 
 
 def _ref(name: str) -> dict[str, str]:
@@ -104,6 +106,7 @@ def _client_rules(schemas: dict[str, Any]) -> None:
         "proto3 JSON, `null` stands for an absent field, except for `role` and `content`."
     )
     fields = message["properties"]
+    fields["role"] = {"type": "string", "enum": ["user", "ROLE_USER"]}
     fields["id"]["maxLength"] = MAX_ID_CHARS
     fields["id"]["description"] = "The idempotency key; the gateway assigns one when empty."
     fields["seq"] = {
@@ -126,9 +129,8 @@ def _client_rules(schemas: dict[str, Any]) -> None:
     for name, schema in schemas.items():
         if name.endswith(INPUT):
             properties = schema["properties"]
-            for field in set(properties) - {"content", "type"}:
+            for field in set(properties) - NOT_NULLABLE:
                 properties[field] = _nullable(properties[field])
-    fields["role"] = {"type": "string", "enum": ["user", "ROLE_USER"]}
 
 
 def _schemas() -> dict[str, Any]:

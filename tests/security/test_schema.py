@@ -31,6 +31,7 @@ from schemathesis.specs.openapi.checks import (
     unsupported_method,
 )
 
+from gateway.translate import MAX_ID_CHARS
 from tests.support.stack import ROOT, Stack
 
 DOCUMENT = ROOT / "docs" / "openapi.yaml"
@@ -62,6 +63,22 @@ def test_the_gateway_serves_the_committed_document(guarded: Stack, bearer: dict[
         served = client.get(f"{guarded.base_url}/openapi.json", headers=bearer)
     assert served.status_code == 200
     assert served.json() == yaml.safe_load(DOCUMENT.read_text())
+
+
+@pytest.mark.parametrize(("length", "status"), [(MAX_ID_CHARS, 200), (MAX_ID_CHARS + 1, 400)])
+def test_the_idempotency_key_has_the_documented_limit(
+    guarded: Stack, bearer: dict[str, str], length: int, status: int
+) -> None:
+    key = secrets.token_hex(length)[:length]
+    with httpx.Client(verify=guarded.ssl_context(), timeout=10) as client:
+        r = client.post(
+            f"{guarded.base_url}/messages",
+            headers={**bearer, "Idempotency-Key": key},
+            json={"content": {"type": "text", "text": "keyed"}},
+        )
+    assert r.status_code == status, r.text
+    if status == 200:
+        assert r.json()["message"]["id"] == key
 
 
 @schema.parametrize()
