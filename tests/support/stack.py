@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import random
 import secrets
 import shutil
 import signal
@@ -21,14 +22,23 @@ from gateway.auth import mint_token
 from gateway.certs import create_dev_certs
 
 ROOT = Path(__file__).resolve().parents[2]
+BIND_ATTEMPTS = 3
 ISSUER = "dialog-gateway"
 AUDIENCE = "dialog"
 
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A free loopback port below Linux's ephemeral range (32768 and up), so that the
+    outgoing connections of a running suite cannot take it before the server binds it."""
+    for _ in range(500):
+        port = random.randrange(20000, 32000)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free port below the ephemeral range")
 
 
 def wait_until(predicate: Callable[[], bool], timeout_s: float, what: str) -> None:
@@ -170,12 +180,23 @@ class Stack:
         return proc
 
     def start_gateway(self, **env: str) -> Process:
-        proc = self.start("gateway", "serve", **env)
-        wait_until(
-            lambda: self.health_status() == 200 or proc.popen.poll() is not None,
-            30,
-            "gateway health 200",
-        )
+        """Start ``serve`` and wait for health 200; on a port taken meanwhile, use new ports."""
+        for _ in range(BIND_ATTEMPTS):
+            proc = self.start("gateway", "serve", **env)
+            wait_until(
+                lambda p=proc: self.health_status() == 200 or p.popen.poll() is not None,
+                30,
+                "gateway health 200",
+            )
+            if proc.popen.poll() is None or "address already in use" not in proc.log():
+                break
+            self.processes.remove(proc)
+            for name in ("http", "grpc", "admin"):
+                if name in self.ports:
+                    self.ports[name] = free_port()
+            env = {
+                k: (str(self.ports["admin"]) if k == "ADMIN_PORT" else v) for k, v in env.items()
+            }
         assert proc.popen.poll() is None, proc.log()
         return proc
 
