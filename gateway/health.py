@@ -71,7 +71,9 @@ class HealthMonitor:
         timeout_ms: int,
         servicer: health_aio.HealthServicer | None = None,
         clock: Callable[[], float] = time.time,
+        ready: Callable[[], bool] = lambda: True,
     ) -> None:
+        """``ready`` is a further condition of overall health (the key set has loaded)."""
         if set(channels) != set(required):
             raise ValueError(
                 f"health: channels {sorted(channels)} and required {sorted(required)} differ"
@@ -91,6 +93,7 @@ class HealthMonitor:
         self._timeout_s = timeout_ms / 1000
         self._servicer = servicer
         self._clock = clock
+        self._ready = ready
 
     async def run(self) -> None:
         """Check all back-ends every ``interval_ms`` until cancelled.
@@ -121,8 +124,8 @@ class HealthMonitor:
         return self._table.to_json()
 
     def overall_ok(self) -> bool:
-        """True when every required back-end is SERVING."""
-        return self._table.overall_ok()
+        """True when every required back-end is SERVING and ``ready()`` holds."""
+        return self._table.overall_ok() and self._ready()
 
     def backend(self, name: str) -> BackendHealth:
         """The current record of one back-end; ``KeyError`` if unknown."""
@@ -164,7 +167,7 @@ class HealthMonitor:
         if self._servicer is None:
             return
         statuses = {b.name: b.status for b in self._table}
-        statuses[OVERALL_SERVICE] = self._table.overall_status()
+        statuses[OVERALL_SERVICE] = Status.SERVING if self.overall_ok() else Status.NOT_SERVING
         for service, status in statuses.items():
             # The asyncio servicer's set() is a coroutine; the threaded one's is not.
             result = self._servicer.set(service, _PB_STATUS[status])

@@ -78,6 +78,7 @@ async def serve(
         interval_ms=config.health_interval_ms,
         timeout_ms=config.health_timeout_ms,
         servicer=health_servicer,
+        ready=service.authenticator.jwks_available,
     )
     grpc_server, grpc_port = build_grpc_server(
         service, health_servicer, credentials=tls.grpc_credentials() if tls else None

@@ -134,7 +134,9 @@ async def test_a_route_refuses_a_token_without_its_scope(service: DialogService)
 
 
 async def get_health(service: DialogService) -> httpx.Response:
-    monitor = HealthMonitor({}, {}, interval_ms=1000, timeout_ms=1000)
+    monitor = HealthMonitor(
+        {}, {}, interval_ms=1000, timeout_ms=1000, ready=service.authenticator.jwks_available
+    )
     app = build_app(service, monitor)
     transport = httpx.ASGITransport(app=app)
     async with httpx.AsyncClient(transport=transport, base_url="http://gateway") as client:
