@@ -71,11 +71,13 @@ _PRIVATE_MEMBERS = ("d", "p", "q", "dp", "dq", "qi", "oth", "k")
 
 @dataclass(frozen=True)
 class Identity:
-    """Who a verified token speaks for."""
+    """Who a verified token speaks for; ``client`` is the verified client certificate's
+    identity (``cert:<CN>``) when the connection presented one."""
 
     subject: str
     scopes: frozenset[str]
     expires_at: float
+    client: str = ""
 
 
 class KeySetError(ValueError):

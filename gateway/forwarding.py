@@ -41,9 +41,10 @@ def _error_for(failure: StreamFailed, backend: str) -> DialogError:
 class Upstreams:
     """The back-end streams of one client connection."""
 
-    def __init__(self, pool: BackendPool, user: str, *, reply_queue_max: int):
+    def __init__(self, pool: BackendPool, user: str, *, client: str = "", reply_queue_max: int):
         self._pool = pool
         self._user = user
+        self._client = client
         self._reply_queue_max = reply_queue_max
         self._streams: dict[str, BackendStream] = {}
 
@@ -57,6 +58,7 @@ class Upstreams:
                 self._pool.channels[backend],
                 backend,
                 self._user,
+                client=self._client,
                 reply_queue_max=self._reply_queue_max,
             )
             self._streams[backend] = stream

@@ -109,7 +109,10 @@ class DialogService:
     def upstreams(self, identity: Identity) -> Upstreams:
         """Back-end streams for one client connection."""
         return Upstreams(
-            self.pool, identity.subject, reply_queue_max=self.config.outbound_queue_max
+            self.pool,
+            identity.subject,
+            client=identity.client,
+            reply_queue_max=self.config.outbound_queue_max,
         )
 
     async def replies(

@@ -26,6 +26,7 @@ from gateway.translate import is_final
 log = logging.getLogger(__name__)
 
 USER_METADATA_KEY = "x-dialog-user"
+CLIENT_METADATA_KEY = "x-dialog-client"
 MAX_BATCH = 64
 OUTBOX_MAX = 256
 
@@ -86,11 +87,22 @@ class BackendPool:
 class BackendStream:
     """One ``Backend.Converse`` call shared by every request of one client connection."""
 
-    def __init__(self, channel: grpc.aio.Channel, backend: str, user: str, *, reply_queue_max: int):
+    def __init__(
+        self,
+        channel: grpc.aio.Channel,
+        backend: str,
+        user: str,
+        *,
+        client: str = "",
+        reply_queue_max: int,
+    ):
         self.backend = backend
         self._reply_queue_max = reply_queue_max
         stub = backend_pb2_grpc.BackendStub(channel)
-        self._call = stub.Converse(metadata=((USER_METADATA_KEY, user),))
+        metadata = [(USER_METADATA_KEY, user)]
+        if client:
+            metadata.append((CLIENT_METADATA_KEY, client))
+        self._call = stub.Converse(metadata=tuple(metadata))
         self._pending: dict[str, asyncio.Queue[Reply]] = {}
         self._outbox: asyncio.Queue[message_pb2.Message] = asyncio.Queue(OUTBOX_MAX)
         self.failure: StreamFailed | None = None

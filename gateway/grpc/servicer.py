@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -14,6 +15,7 @@ from gateway.auth import Identity
 from gateway.conversation import Conversation
 from gateway.errors import DialogError, Internal, Unauthenticated
 from gateway.grpc.errors import Context, abort
+from gateway.grpc.peer import client_cert_identity
 from gateway.service import DialogService
 from gateway.translate import make_ack, validate_client_message
 
@@ -62,7 +64,10 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
         self._service = service
 
     async def _identity(self, context: Context) -> Identity:
-        return await self._service.authenticate(_authorization(context), SURFACE)
+        """The token's identity, with the verified client certificate's when there is one."""
+        identity = await self._service.authenticate(_authorization(context), SURFACE)
+        client = client_cert_identity(context)
+        return dataclasses.replace(identity, client=client) if client else identity
 
     async def Send(
         self, request: gateway_pb2.SendRequest, context: Context
