@@ -8,11 +8,12 @@ import pytest
 from tests.support.stack import Stack, running_stack
 
 # The benchmark must measure the gateway's work, not its limits: no rate
-# limiting (a huge budget over an hour), and the default health interval
+# limiting (huge budgets, per user and per WebSocket), and the default health interval
 # rather than the e2e stack's 200 ms, which would add background load.
 BENCH_GATEWAY_ENV = {
     "RATE_LIMIT_MAX": "100000000",
     "RATE_LIMIT_WINDOW_MS": "3600000",
+    "WS_MESSAGE_RATE_MAX": "100000000",
     "HEALTH_INTERVAL_MS": "5000",
 }
 

@@ -1,0 +1,172 @@
+"""The storage layer behind "nothing lost": dedup keys, entity seq, per-user event
+logs, the durable inbound queue, rate-limit windows and connection counts.
+
+Two implementations keep one contract (``Store``): ``SQLiteStore``
+(``gateway.store.sqlite``, the embedded default, one node) and ``RedisStore``
+(``gateway.store.redis``, shared by every replica); ``connect_store``
+(``gateway.store.connect``) picks one from the configuration. Bodies are opaque
+bytes (serialized ``dialog.v1.Message``), so the stores stay schema-agnostic.
+
+Every time a store records comes from the ``clock`` it was built with (wall-clock
+seconds since the epoch: the values outlive the process and are shared by
+replicas), except ``rate_acquire``, which takes ``now_s`` like
+``gateway.ratelimit.SlidingWindow``. Failures of the store itself raise
+``gateway.errors.Internal``; a bad argument raises ``ValueError``.
+
+This package's ``__init__``, ``records`` and ``rules`` are pure (no I/O).
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from gateway.store.records import (
+    DeadLetter,
+    DedupResult,
+    DedupStatus,
+    EntityDecision,
+    EntityVerdict,
+    Event,
+    EventsPage,
+    QueuedMessage,
+)
+
+__all__ = [
+    "DeadLetter",
+    "DedupResult",
+    "DedupStatus",
+    "EntityDecision",
+    "EntityVerdict",
+    "Event",
+    "EventsPage",
+    "QueuedMessage",
+    "Store",
+]
+
+
+class Store(Protocol):
+    """The contract both stores keep. Every write is durable when its call returns."""
+
+    # -- idempotency keys ------------------------------------------------------------
+    async def remember(self, key: str, body_hash: str, ttl_s: float) -> DedupResult:
+        """Atomically decide about a message id: NEW (first time, or the old entry
+        expired: the key is now held for ``ttl_s`` with no outcome), REPLAY (same
+        ``body_hash`` within the TTL, with the stored outcome if any) or CONFLICT
+        (another ``body_hash``; nothing changes). Exactly one concurrent caller,
+        on any replica, gets NEW."""
+        ...
+
+    async def record_outcome(self, key: str, outcome: bytes, ttl_s: float | None = None) -> None:
+        """Store the outcome that replays of ``key`` get. With ``ttl_s`` the key is
+        held for ``ttl_s`` from now (so ``remember`` can hold a key briefly while
+        it is pending, and a crash frees it soon); without, the expiry stays. A key
+        that is no longer held is left alone."""
+        ...
+
+    async def outcome(self, key: str) -> bytes | None:
+        """The recorded outcome of a live key, else None."""
+        ...
+
+    async def forget(self, key: str) -> None:
+        """Drop ``key``, so the next ``remember`` is NEW (the first attempt failed
+        before it had an outcome)."""
+        ...
+
+    # -- per-entity order ------------------------------------------------------------
+    async def apply_entity_seq(self, entity: str, seq: int) -> EntityDecision:
+        """Atomically: APPLY when ``seq`` is last + 1 (last becomes ``seq``),
+        DUPLICATE when ``seq`` <= last, GAP when ``seq`` > last + 1; ``expected``
+        is the seq wanted next. An unseen entity has last = 0. ``entity`` is an
+        opaque key (the caller scopes it per user). ``seq`` must be >= 1."""
+        ...
+
+    # -- per-user event log ----------------------------------------------------------
+    async def append_event(self, user: str, message: bytes) -> int:
+        """Keep ``message`` in ``user``'s log and return its seq: 1 for the first,
+        then strictly increasing with no gap, also under concurrent appenders on
+        any replica, and never reused after trimming."""
+        ...
+
+    async def events_after(self, user: str, after_seq: int, limit: int) -> EventsPage:
+        """Up to ``limit`` events with seq > ``after_seq``, in seq order; or a reset
+        (see ``EventsPage``) when that point is gone. ``after_seq`` 0 reads from
+        the start of the log."""
+        ...
+
+    async def trim_events(self, user: str, max_len: int, max_age_s: float) -> int:
+        """Drop the oldest events beyond the newest ``max_len`` and the oldest ones
+        older than ``max_age_s`` (up to the first younger one); return how many
+        went. A store may also drop a log whose newest event is older than
+        ``max_age_s`` on its own."""
+        ...
+
+    async def last_event_seq(self, user: str) -> int:
+        """The seq of ``user``'s latest event ever appended (0 before the first)."""
+        ...
+
+    # -- durable inbound queue -------------------------------------------------------
+    async def enqueue(self, message_id: str, backend: str, body: bytes) -> str:
+        """Add a message to ``backend``'s queue; durable before returning. Returns
+        its entry id. It does not deduplicate: ``remember`` comes first."""
+        ...
+
+    async def claim(
+        self, backend: str, consumer: str, count: int, min_idle_s: float
+    ) -> list[QueuedMessage]:
+        """Deliver up to ``count`` entries to ``consumer``: first those delivered
+        before and left unacknowledged (failed, or held by a dead consumer) for at
+        least ``min_idle_s`` since their last delivery, then new ones in order. An
+        entry that already had ``max_attempts`` deliveries moves to the dead
+        letters instead. Two concurrent claims never get the same entry."""
+        ...
+
+    async def ack(self, backend: str, entry_id: str) -> None:
+        """The entry was delivered: remove it for good (idempotent)."""
+        ...
+
+    async def fail(self, backend: str, entry_id: str, error: str) -> int:
+        """Record a failed delivery; return the deliveries so far (0 for an entry
+        that is not pending). At ``max_attempts`` the entry moves to the dead
+        letters with ``error``; before, a later ``claim`` retries it once it has
+        been idle for ``min_idle_s``."""
+        ...
+
+    async def dead_letters(self, limit: int) -> list[DeadLetter]:
+        """The oldest ``limit`` dead letters of every back-end, oldest first."""
+        ...
+
+    async def replay_dead_letter(self, entry_id: str) -> bool:
+        """Move a dead letter back to its back-end's queue as a new entry with no
+        attempts; False when there is no such dead letter."""
+        ...
+
+    # -- limits ----------------------------------------------------------------------
+    async def rate_acquire(
+        self, key: str, limit: int, window_s: float, now_s: float
+    ) -> float | None:
+        """Sliding window: record an event and return None when fewer than ``limit``
+        events of ``key`` happened in (now_s - window_s, now_s]; else record
+        nothing and return the seconds until one leaves the window. Atomic."""
+        ...
+
+    async def conn_open(self, user: str, limit: int) -> bool:
+        """Count one more open connection of ``user`` unless ``limit`` are open."""
+        ...
+
+    async def conn_close(self, user: str) -> None:
+        """Count one connection of ``user`` as closed (never below zero)."""
+        ...
+
+    async def conn_count(self, user: str) -> int:
+        """Connections of ``user`` open now. Counts of a process that died without
+        closing them do not outlive it (see each store for how)."""
+        ...
+
+    # -- lifecycle -------------------------------------------------------------------
+    async def ping(self) -> bool:
+        """True when the store answers; never raises."""
+        ...
+
+    async def close(self) -> None:
+        """Release the store's connections and tasks; it cannot be used after."""
+        ...

@@ -1,0 +1,96 @@
+"""What the stores return: plain frozen records and decision enums (pure, no I/O)."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+
+class DedupStatus(enum.Enum):
+    """What a message id (its idempotency key) means when it arrives."""
+
+    NEW = "new"  # first time within the TTL: forward it
+    REPLAY = "replay"  # same id, same body: answer with the stored outcome, do not forward
+    CONFLICT = "conflict"  # same id, different body: refuse
+
+
+@dataclass(frozen=True)
+class DedupResult:
+    """The answer of ``Store.remember``.
+
+    ``outcome`` is set only for a REPLAY whose first delivery already recorded
+    its outcome; a REPLAY without one is still ``pending`` (the first delivery is
+    in progress, or died before recording it: see ``Store.record_outcome``).
+    """
+
+    status: DedupStatus
+    outcome: bytes | None = None
+
+    @property
+    def pending(self) -> bool:
+        return self.status is DedupStatus.REPLAY and self.outcome is None
+
+
+class EntityVerdict(enum.Enum):
+    """Where a message's seq falls in its entity's order."""
+
+    APPLY = "apply"  # seq == last + 1: apply it (the store has moved last to seq)
+    DUPLICATE = "duplicate"  # seq <= last: already applied
+    GAP = "gap"  # seq > last + 1: refused, ``expected`` tells the client what to send
+
+
+@dataclass(frozen=True)
+class EntityDecision:
+    """The verdict, and the seq the entity expects next after this decision."""
+
+    verdict: EntityVerdict
+    expected: int
+
+
+@dataclass(frozen=True)
+class Event:
+    """One message in a user's event log."""
+
+    seq: int
+    body: bytes
+    at_s: float
+
+
+@dataclass(frozen=True)
+class EventsPage:
+    """The answer of ``Store.events_after``.
+
+    ``reset`` is True when the requested point is no longer in the log (trimmed,
+    or beyond ``last_seq``): ``events`` is then empty and the caller must tell the
+    client, which resumes from ``first_seq - 1``. ``first_seq`` is the oldest seq
+    still kept (``last_seq + 1`` when the log is empty).
+    """
+
+    events: tuple[Event, ...]
+    reset: bool
+    first_seq: int
+    last_seq: int
+
+
+@dataclass(frozen=True)
+class QueuedMessage:
+    """A claimed entry of a back-end's inbound queue. ``attempts`` counts this delivery."""
+
+    entry_id: str
+    message_id: str
+    backend: str
+    body: bytes
+    attempts: int
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    """A message that used up its delivery attempts. ``entry_id`` names the dead letter."""
+
+    entry_id: str
+    message_id: str
+    backend: str
+    body: bytes
+    attempts: int
+    error: str
+    dead_at_s: float

@@ -1,0 +1,232 @@
+"""The Lua scripts of the Redis store: each decision runs atomically inside Redis,
+so concurrent replicas cannot interleave between its read and its write.
+
+They restate ``gateway.store.rules`` (Redis cannot run Python); the contract
+suite holds both stores to the same answers. Times arrive as decimal strings of
+the caller's clock; Redis's own expiries only collect garbage. Every key a
+script touches is passed in KEYS.
+"""
+
+from __future__ import annotations
+
+# The value of field ``name`` in a stream entry's flat [field, value, ...] list.
+_FIELD = """
+local function field(fields, name)
+  for i = 1, #fields, 2 do
+    if fields[i] == name then return fields[i + 1] end
+  end
+  return false
+end
+"""
+
+# KEYS: dedup hash. ARGV: body_hash, now_s, expires_at_s, ttl_ms.
+# rules.dedup_status: live while now < expires_at; NEW replaces an expired entry.
+REMEMBER = """
+local stored = redis.call('HMGET', KEYS[1], 'hash', 'expires_at', 'outcome')
+if stored[1] and tonumber(ARGV[2]) < tonumber(stored[2]) then
+  if stored[1] == ARGV[1] then return {'replay', stored[3]} end
+  return {'conflict', false}
+end
+redis.call('DEL', KEYS[1])
+redis.call('HSET', KEYS[1], 'hash', ARGV[1], 'expires_at', ARGV[3])
+redis.call('PEXPIRE', KEYS[1], ARGV[4])
+return {'new', false}
+"""
+
+# KEYS: dedup hash. ARGV: outcome, expires_at_s or '', ttl_ms or ''.
+RECORD_OUTCOME = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+redis.call('HSET', KEYS[1], 'outcome', ARGV[1])
+if ARGV[2] ~= '' then
+  redis.call('HSET', KEYS[1], 'expires_at', ARGV[2])
+  redis.call('PEXPIRE', KEYS[1], ARGV[3])
+end
+return 1
+"""
+
+# KEYS: entity counter. ARGV: seq. rules.entity_decision.
+ENTITY_SEQ = """
+local last = tonumber(redis.call('GET', KEYS[1]) or '0')
+local seq = tonumber(ARGV[1])
+if seq == last + 1 then
+  redis.call('SET', KEYS[1], ARGV[1])
+  return {'apply', seq + 1}
+end
+if seq <= last then return {'duplicate', last + 1} end
+return {'gap', last + 1}
+"""
+
+# KEYS: event stream, seq counter. ARGV: body, at_s.
+# The counter gives the seq; the stream entry's ID is "<seq>-0". PERSIST undoes the
+# idle expiry TRIM_EVENTS may have set, since the log has a fresh event now.
+APPEND_EVENT = """
+local seq = redis.call('INCR', KEYS[2])
+redis.call('XADD', KEYS[1], string.format('%d-0', seq), 'at', ARGV[2], 'body', ARGV[1])
+redis.call('PERSIST', KEYS[1])
+return seq
+"""
+
+# KEYS: event stream. ARGV: max_len, cutoff_s (rules.age_cutoff_s).
+# By size (MAXLEN), then by age up to the first young-enough entry (MINID), so no hole.
+# A log whose newest entry will be too old expires then: an idle user's log goes away.
+TRIM_EVENTS = (
+    _FIELD
+    + """
+local removed = redis.call('XTRIM', KEYS[1], 'MAXLEN', '=', ARGV[1])
+local cutoff = tonumber(ARGV[2])
+local start, young = '-', false
+repeat
+  local batch = redis.call('XRANGE', KEYS[1], start, '+', 'COUNT', 128)
+  for _, entry in ipairs(batch) do
+    if tonumber(field(entry[2], 'at')) >= cutoff then young = entry[1]; break end
+  end
+  if #batch > 0 then start = '(' .. batch[#batch][1] end
+until young or #batch < 128
+if young then
+  removed = removed + redis.call('XTRIM', KEYS[1], 'MINID', young)
+else
+  removed = removed + redis.call('XTRIM', KEYS[1], 'MAXLEN', '=', 0)
+end
+local newest = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)
+if #newest == 0 then
+  redis.call('DEL', KEYS[1])
+else
+  local left_ms = math.ceil((tonumber(field(newest[1][2], 'at')) - cutoff) * 1000)
+  redis.call('PEXPIRE', KEYS[1], string.format('%d', math.max(left_ms, 1)))
+end
+return removed
+"""
+)
+
+# Shared by DELIVER and FAIL. KEYS: queue stream, attempts hash, errors hash, dead stream.
+# ARGV[1..4]: group, max_attempts, now_s, backend.
+_BURY = (
+    _FIELD
+    + """
+local function bury(id, attempts, err)
+  local entry = redis.call('XRANGE', KEYS[1], id, id)
+  if #entry > 0 then
+    local f = entry[1][2]
+    redis.call('XADD', KEYS[4], '*', 'backend', ARGV[4], 'message_id', field(f, 'message_id'),
+      'body', field(f, 'body'), 'attempts', attempts, 'error', err, 'dead_at', ARGV[3])
+  end
+  redis.call('XACK', KEYS[1], ARGV[1], id)
+  redis.call('XDEL', KEYS[1], id)
+  redis.call('HDEL', KEYS[2], id)
+  redis.call('HDEL', KEYS[3], id)
+end
+"""
+)
+
+# ARGV[5..]: entry ids just delivered (XAUTOCLAIM, then XREADGROUP). Counts the delivery;
+# an entry that already had max_attempts (rules.goes_dead) is buried instead, with
+# rules.lost_delivery_error. Returns [id, attempts, ...] of the entries to hand out.
+DELIVER = (
+    _BURY
+    + """
+local out = {}
+for i = 5, #ARGV do
+  local id = ARGV[i]
+  local n = redis.call('HINCRBY', KEYS[2], id, 1)
+  if n - 1 >= tonumber(ARGV[2]) then
+    local last = redis.call('HGET', KEYS[3], id)
+    local err = 'delivery not acknowledged'
+    if last and last ~= '' then err = err .. ' (last error: ' .. last .. ')' end
+    bury(id, n - 1, err)
+  else
+    table.insert(out, id)
+    table.insert(out, n)
+  end
+end
+return out
+"""
+)
+
+# ARGV[5]: entry id, ARGV[6]: error. Returns the deliveries so far (0: not pending).
+FAIL = (
+    _BURY
+    + """
+local n = tonumber(redis.call('HGET', KEYS[2], ARGV[5]) or '0')
+if n == 0 then return 0 end
+redis.call('HSET', KEYS[3], ARGV[5], ARGV[6])
+if n >= tonumber(ARGV[2]) then bury(ARGV[5], n, ARGV[6]) end
+return n
+"""
+)
+
+# KEYS: dead stream, the dead letter's queue stream. ARGV: dead id, now_s, backend.
+REPLAY_DEAD_LETTER = (
+    _FIELD
+    + """
+local entry = redis.call('XRANGE', KEYS[1], ARGV[1], ARGV[1])
+if #entry == 0 or field(entry[1][2], 'backend') ~= ARGV[3] then return false end
+local f = entry[1][2]
+local id = redis.call('XADD', KEYS[2], '*', 'message_id', field(f, 'message_id'),
+  'body', field(f, 'body'), 'enqueued_at', ARGV[2])
+redis.call('XDEL', KEYS[1], ARGV[1])
+return id
+"""
+)
+
+# KEYS: window sorted set. ARGV: cutoff_s (now - window), limit, now_s, member, ttl_ms.
+# As SlidingWindow.acquire: drop events at or before the cutoff; refuse when full,
+# returning the oldest event's time (the caller computes rules.retry_after_s).
+RATE_ACQUIRE = """
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
+if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[2]) then
+  return redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')[2]
+end
+redis.call('ZADD', KEYS[1], ARGV[3], ARGV[4])
+redis.call('PEXPIRE', KEYS[1], ARGV[5])
+return false
+"""
+
+# Connection counts: KEYS[1] a user's hash {replica id: open count}, KEYS[2] the replica
+# hash {replica id: alive until}. ARGV[1..3]: replica id, now_s, alive_until_s. Each
+# call first marks its own replica alive; fields of replicas not alive are dropped, so
+# the counts of a replica that died stop counting once its heartbeat lapses.
+_LIVE_COUNT = """
+redis.call('HSET', KEYS[2], ARGV[1], ARGV[3])
+local function live_count(prune)
+  local total, fields = 0, redis.call('HGETALL', KEYS[1])
+  for i = 1, #fields, 2 do
+    local alive = redis.call('HGET', KEYS[2], fields[i])
+    if alive and tonumber(alive) > tonumber(ARGV[2]) then
+      total = total + tonumber(fields[i + 1])
+    elseif prune then
+      redis.call('HDEL', KEYS[1], fields[i])
+    end
+  end
+  return total
+end
+"""
+
+# ARGV[4]: limit. Returns 1 when counted, 0 at the limit.
+CONN_OPEN = (
+    _LIVE_COUNT
+    + """
+if live_count(true) >= tonumber(ARGV[4]) then return 0 end
+redis.call('HINCRBY', KEYS[1], ARGV[1], 1)
+return 1
+"""
+)
+
+CONN_CLOSE = (
+    _LIVE_COUNT
+    + """
+if redis.call('HINCRBY', KEYS[1], ARGV[1], -1) <= 0 then redis.call('HDEL', KEYS[1], ARGV[1]) end
+return 1
+"""
+)
+
+CONN_COUNT = _LIVE_COUNT + "\nreturn live_count(false)\n"
+
+# KEYS: replica hash. ARGV: replica id, now_s, alive_until_s. Also forgets dead replicas.
+HEARTBEAT = """
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[3])
+local all = redis.call('HGETALL', KEYS[1])
+for i = 1, #all, 2 do
+  if tonumber(all[i + 1]) <= tonumber(ARGV[2]) then redis.call('HDEL', KEYS[1], all[i]) end
+end
+return 1
+"""

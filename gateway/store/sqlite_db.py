@@ -1,0 +1,293 @@
+"""The synchronous half of the SQLite store: one connection, used from one thread.
+
+WAL journal with ``synchronous=FULL``: every commit fsyncs the WAL, so what a
+call committed survives a crash or power loss. Read-modify-write decisions run
+in ``BEGIN IMMEDIATE`` transactions, which take SQLite's single write lock
+first, so they are atomic also against other connections to the same file.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from gateway.store import rules
+from gateway.store.records import (
+    DeadLetter,
+    DedupResult,
+    DedupStatus,
+    EntityDecision,
+    EntityVerdict,
+    Event,
+    EventsPage,
+    QueuedMessage,
+)
+
+SCHEMA_VERSION = 1
+BUSY_TIMEOUT_MS = 10_000
+DEDUP_PURGE_INTERVAL_S = 60.0
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS dedup (
+    key TEXT PRIMARY KEY, body_hash TEXT NOT NULL, expires_at REAL NOT NULL, outcome BLOB
+);
+CREATE INDEX IF NOT EXISTS dedup_by_expiry ON dedup (expires_at);
+CREATE TABLE IF NOT EXISTS entity_seq (entity TEXT PRIMARY KEY, last_seq INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS event_seq (user_id TEXT PRIMARY KEY, last_seq INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS events (
+    user_id TEXT NOT NULL, seq INTEGER NOT NULL, at REAL NOT NULL, body BLOB NOT NULL,
+    PRIMARY KEY (user_id, seq)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS queue (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, backend TEXT NOT NULL, message_id TEXT NOT NULL,
+    body BLOB NOT NULL, enqueued_at REAL NOT NULL, attempts INTEGER NOT NULL DEFAULT 0,
+    consumer TEXT, delivered_at REAL, error TEXT
+);
+CREATE INDEX IF NOT EXISTS queue_by_backend ON queue (backend, delivered_at, id);
+CREATE TABLE IF NOT EXISTS dead_letters (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, backend TEXT NOT NULL, message_id TEXT NOT NULL,
+    body BLOB NOT NULL, attempts INTEGER NOT NULL, error TEXT NOT NULL, dead_at REAL NOT NULL
+);
+"""
+
+
+@contextmanager
+def _immediate(db: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
+    """One write transaction, holding the write lock from its first statement."""
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        yield db
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
+    db.execute("COMMIT")
+
+
+@contextmanager
+def _snapshot(db: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
+    """One read transaction: its statements see the same committed state."""
+    db.execute("BEGIN")
+    try:
+        yield db
+    finally:
+        db.execute("COMMIT")
+
+
+def _row_id(entry_id: str) -> int | None:
+    return int(entry_id) if entry_id.isdigit() else None
+
+
+class Database:
+    """The store's tables. Times are arguments; the async front reads the clock."""
+
+    def __init__(self, path: Path, max_attempts: int) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # Autocommit mode: transactions are explicit (BEGIN IMMEDIATE), never implicit.
+        self._db = sqlite3.connect(path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None)
+        self._max_attempts = max_attempts
+        self._next_purge_s = 0.0
+        try:
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=FULL")
+            version = int(self._db.execute("PRAGMA user_version").fetchone()[0])
+            if version > SCHEMA_VERSION:
+                raise sqlite3.DatabaseError(f"{path}: schema {version} is newer than this gateway")
+            with _immediate(self._db):
+                for statement in SCHEMA.split(";"):
+                    if statement.strip():
+                        self._db.execute(statement)
+                self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+        except BaseException:
+            self._db.close()
+            raise
+
+    def close(self) -> None:
+        self._db.close()
+
+    def pragma(self, name: str) -> str:
+        return str(self._db.execute(f"PRAGMA {name}").fetchone()[0])
+
+    # -- idempotency keys ------------------------------------------------------------
+    def remember(self, key: str, body_hash: str, ttl_s: float, now_s: float) -> DedupResult:
+        with _immediate(self._db) as db:
+            if now_s >= self._next_purge_s:
+                db.execute("DELETE FROM dedup WHERE expires_at <= ?", (now_s,))
+                self._next_purge_s = now_s + DEDUP_PURGE_INTERVAL_S
+            row = db.execute(
+                "SELECT body_hash, expires_at, outcome FROM dedup WHERE key = ?", (key,)
+            ).fetchone()
+            status = rules.dedup_status(row and row[0], row and row[1], body_hash, now_s)
+            if status is DedupStatus.NEW:
+                db.execute(
+                    "INSERT OR REPLACE INTO dedup (key, body_hash, expires_at, outcome)"
+                    " VALUES (?, ?, ?, NULL)",
+                    (key, body_hash, now_s + ttl_s),
+                )
+                return DedupResult(status)
+            return DedupResult(status, row[2] if status is DedupStatus.REPLAY else None)
+
+    def record_outcome(self, key: str, outcome: bytes, expires_at_s: float | None) -> None:
+        self._db.execute(
+            "UPDATE dedup SET outcome = ?, expires_at = COALESCE(?, expires_at) WHERE key = ?",
+            (outcome, expires_at_s, key),
+        )
+
+    def outcome(self, key: str, now_s: float) -> bytes | None:
+        row = self._db.execute(
+            "SELECT outcome FROM dedup WHERE key = ? AND expires_at > ?", (key, now_s)
+        ).fetchone()
+        return None if row is None else row[0]  # type: ignore[no-any-return]
+
+    def forget(self, key: str) -> None:
+        self._db.execute("DELETE FROM dedup WHERE key = ?", (key,))
+
+    # -- per-entity order ------------------------------------------------------------
+    def apply_entity_seq(self, entity: str, seq: int) -> EntityDecision:
+        with _immediate(self._db) as db:
+            row = db.execute("SELECT last_seq FROM entity_seq WHERE entity = ?", (entity,))
+            found = row.fetchone()
+            decision = rules.entity_decision(found[0] if found else 0, seq)
+            if decision.verdict is EntityVerdict.APPLY:
+                db.execute("INSERT OR REPLACE INTO entity_seq VALUES (?, ?)", (entity, seq))
+            return decision
+
+    # -- per-user event log ----------------------------------------------------------
+    def append_event(self, user: str, body: bytes, now_s: float) -> int:
+        with _immediate(self._db) as db:
+            seq = int(
+                db.execute(
+                    "INSERT INTO event_seq VALUES (?, 1) ON CONFLICT (user_id)"
+                    " DO UPDATE SET last_seq = last_seq + 1 RETURNING last_seq",
+                    (user,),
+                ).fetchone()[0]
+            )
+            db.execute("INSERT INTO events VALUES (?, ?, ?, ?)", (user, seq, now_s, body))
+            return seq
+
+    def _last_seq(self, user: str) -> int:
+        row = self._db.execute("SELECT last_seq FROM event_seq WHERE user_id = ?", (user,))
+        found = row.fetchone()
+        return int(found[0]) if found else 0
+
+    def events_after(self, user: str, after_seq: int, limit: int) -> EventsPage:
+        with _snapshot(self._db) as db:
+            last = self._last_seq(user)
+            oldest = db.execute("SELECT MIN(seq) FROM events WHERE user_id = ?", (user,))
+            first = rules.first_seq(oldest.fetchone()[0], last)
+            if rules.is_reset(after_seq, first, last):
+                return EventsPage((), True, first, last)
+            rows = db.execute(
+                "SELECT seq, body, at FROM events WHERE user_id = ? AND seq > ?"
+                " ORDER BY seq LIMIT ?",
+                (user, after_seq, limit),
+            ).fetchall()
+        return EventsPage(tuple(Event(*row) for row in rows), False, first, last)
+
+    def trim_events(self, user: str, max_len: int, max_age_s: float, now_s: float) -> int:
+        with _immediate(self._db) as db:
+            last = self._last_seq(user)
+            by_len = rules.size_trim_point(last, max_len)
+            young = db.execute(
+                "SELECT seq FROM events WHERE user_id = ? AND seq >= ? AND at >= ?"
+                " ORDER BY seq LIMIT 1",
+                (user, by_len, rules.age_cutoff_s(now_s, max_age_s)),
+            ).fetchone()
+            keep_from = young[0] if young else last + 1
+            deleted = db.execute(
+                "DELETE FROM events WHERE user_id = ? AND seq < ?", (user, keep_from)
+            )
+            return deleted.rowcount
+
+    def last_event_seq(self, user: str) -> int:
+        return self._last_seq(user)
+
+    # -- durable inbound queue -------------------------------------------------------
+    def enqueue(self, message_id: str, backend: str, body: bytes, now_s: float) -> str:
+        cursor = self._db.execute(
+            "INSERT INTO queue (backend, message_id, body, enqueued_at) VALUES (?, ?, ?, ?)",
+            (backend, message_id, body, now_s),
+        )
+        return str(cursor.lastrowid)
+
+    def claim(
+        self, backend: str, consumer: str, count: int, min_idle_s: float, now_s: float
+    ) -> list[QueuedMessage]:
+        columns = "id, message_id, body, attempts, error"
+        with _immediate(self._db) as db:
+            rows = db.execute(
+                f"SELECT {columns} FROM queue WHERE backend = ? AND delivered_at IS NOT NULL"
+                " AND delivered_at <= ? ORDER BY id LIMIT ?",
+                (backend, now_s - min_idle_s, count),
+            ).fetchall()
+            rows += db.execute(
+                f"SELECT {columns} FROM queue WHERE backend = ? AND delivered_at IS NULL"
+                " ORDER BY id LIMIT ?",
+                (backend, count - len(rows)),
+            ).fetchall()
+            claimed = []
+            for row_id, message_id, body, attempts, error in rows:
+                if rules.goes_dead(attempts, self._max_attempts):
+                    self._bury(row_id, rules.lost_delivery_error(error), now_s)
+                    continue
+                db.execute(
+                    "UPDATE queue SET attempts = attempts + 1, consumer = ?, delivered_at = ?"
+                    " WHERE id = ?",
+                    (consumer, now_s, row_id),
+                )
+                claimed.append(QueuedMessage(str(row_id), message_id, backend, body, attempts + 1))
+            return claimed
+
+    def ack(self, backend: str, entry_id: str) -> None:
+        self._db.execute(
+            "DELETE FROM queue WHERE id = ? AND backend = ?", (_row_id(entry_id), backend)
+        )
+
+    def fail(self, backend: str, entry_id: str, error: str, now_s: float) -> int:
+        row_id = _row_id(entry_id)
+        with _immediate(self._db) as db:
+            row = db.execute(
+                "SELECT attempts FROM queue WHERE id = ? AND backend = ?"
+                " AND delivered_at IS NOT NULL",
+                (row_id, backend),
+            ).fetchone()
+            if row is None:
+                return 0
+            db.execute("UPDATE queue SET error = ? WHERE id = ?", (error, row_id))
+            if rules.goes_dead(row[0], self._max_attempts):
+                self._bury(row_id, error, now_s)
+            return int(row[0])
+
+    def _bury(self, row_id: int | None, error: str, now_s: float) -> None:
+        """Move a queue row to the dead letters (inside the caller's transaction)."""
+        self._db.execute(
+            "INSERT INTO dead_letters (backend, message_id, body, attempts, error, dead_at)"
+            " SELECT backend, message_id, body, attempts, ?, ? FROM queue WHERE id = ?",
+            (error, now_s, row_id),
+        )
+        self._db.execute("DELETE FROM queue WHERE id = ?", (row_id,))
+
+    def dead_letters(self, limit: int) -> list[DeadLetter]:
+        rows = self._db.execute(
+            "SELECT id, message_id, backend, body, attempts, error, dead_at FROM dead_letters"
+            " ORDER BY id LIMIT ?",
+            (limit,),
+        ).fetchall()
+        return [DeadLetter(str(row[0]), *row[1:]) for row in rows]
+
+    def replay_dead_letter(self, entry_id: str, now_s: float) -> bool:
+        row_id = _row_id(entry_id)
+        with _immediate(self._db) as db:
+            moved = db.execute(
+                "INSERT INTO queue (backend, message_id, body, enqueued_at)"
+                " SELECT backend, message_id, body, ? FROM dead_letters WHERE id = ?",
+                (now_s, row_id),
+            )
+            if moved.rowcount == 0:
+                return False
+            db.execute("DELETE FROM dead_letters WHERE id = ?", (row_id,))
+            return True
+
+    def ping(self) -> bool:
+        return self._db.execute("SELECT 1").fetchone() == (1,)
