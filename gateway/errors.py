@@ -167,6 +167,15 @@ class ServerBusy(DialogError):
     ws_close = 1013
 
 
+class StoreUnavailable(DialogError):
+    """The message store (SQLite or Redis) cannot be used right now."""
+
+    code = "store_unavailable"
+    grpc_status = "UNAVAILABLE"
+    http_status = 503
+    ws_close = 1013
+
+
 class Internal(DialogError):
     """An unexpected failure. Its details are logged, never shown."""
 
@@ -187,6 +196,7 @@ ERROR_CLASSES: tuple[type[DialogError], ...] = (
     BackendFailed,
     Overloaded,
     ServerBusy,
+    StoreUnavailable,
     Internal,
 )
 

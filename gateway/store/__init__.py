@@ -11,7 +11,7 @@ Every time a store records comes from the ``clock`` it was built with (wall-cloc
 seconds since the epoch: the values outlive the process and are shared by
 replicas), except ``rate_acquire``, which takes ``now_s`` like
 ``gateway.ratelimit.SlidingWindow``. Failures of the store itself raise
-``gateway.errors.Internal``; a bad argument raises ``ValueError``.
+``gateway.errors.StoreUnavailable``; a bad argument raises ``ValueError``.
 
 This package's ``__init__``, ``records`` and ``rules`` are pure (no I/O).
 """

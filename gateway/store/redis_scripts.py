@@ -9,6 +9,12 @@ script touches is passed in KEYS.
 
 from __future__ import annotations
 
+
+def number(value: float) -> str:
+    """A time or duration as an ARGV string that ``tonumber`` reads back exactly."""
+    return repr(float(value))
+
+
 # The value of field ``name`` in a stream entry's flat [field, value, ...] list.
 _FIELD = """
 local function field(fields, name)

@@ -20,7 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TypeVar
 
-from gateway.errors import Internal
+from gateway.errors import StoreUnavailable
 from gateway.ratelimit import SlidingWindow
 from gateway.store import rules
 from gateway.store.records import (
@@ -66,18 +66,18 @@ class SQLiteStore:
             db = await loop.run_in_executor(executor, Database, path, max_attempts)
         except (sqlite3.Error, OSError) as exc:
             executor.shutdown(wait=False)
-            raise Internal(f"cannot open the message store {path}") from exc
+            raise StoreUnavailable(f"cannot open the message store {path}") from exc
         return cls(executor, db, clock)
 
     async def _run(self, call: Callable[[Database], T]) -> T:
-        """Run ``call`` on the store's thread; SQLite errors become ``Internal``."""
+        """Run ``call`` on the store's thread; SQLite errors become ``StoreUnavailable``."""
         db = self._db
         if db is None:
-            raise Internal("the message store is closed")
+            raise StoreUnavailable("the message store is closed")
         try:
             return await asyncio.get_running_loop().run_in_executor(self._executor, call, db)
         except sqlite3.Error as exc:
-            raise Internal("the message store failed") from exc
+            raise StoreUnavailable("the message store failed") from exc
 
     # -- idempotency keys ------------------------------------------------------------
     async def remember(self, key: str, body_hash: str, ttl_s: float) -> DedupResult:
@@ -174,7 +174,7 @@ class SQLiteStore:
     async def ping(self) -> bool:
         try:
             return await self._run(lambda db: db.ping())
-        except Internal:
+        except StoreUnavailable:
             return False
 
     async def close(self) -> None:

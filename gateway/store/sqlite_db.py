@@ -118,7 +118,8 @@ class Database:
             row = db.execute(
                 "SELECT body_hash, expires_at, outcome FROM dedup WHERE key = ?", (key,)
             ).fetchone()
-            status = rules.dedup_status(row and row[0], row and row[1], body_hash, now_s)
+            stored_hash, expires_at_s = (row[0], row[1]) if row else (None, None)
+            status = rules.dedup_status(stored_hash, expires_at_s, body_hash, now_s)
             if status is DedupStatus.NEW:
                 db.execute(
                     "INSERT OR REPLACE INTO dedup (key, body_hash, expires_at, outcome)"
@@ -138,7 +139,7 @@ class Database:
         row = self._db.execute(
             "SELECT outcome FROM dedup WHERE key = ? AND expires_at > ?", (key, now_s)
         ).fetchone()
-        return None if row is None else row[0]  # type: ignore[no-any-return]
+        return None if row is None or row[0] is None else bytes(row[0])
 
     def forget(self, key: str) -> None:
         self._db.execute("DELETE FROM dedup WHERE key = ?", (key,))
@@ -290,4 +291,4 @@ class Database:
             return True
 
     def ping(self) -> bool:
-        return self._db.execute("SELECT 1").fetchone() == (1,)
+        return bool(self._db.execute("SELECT 1").fetchone() == (1,))

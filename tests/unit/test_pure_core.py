@@ -25,6 +25,9 @@ PURE_MODULES = (
     "gateway.health_state",
     "gateway.http.sse",
     "gateway.client.frames",
+    "gateway.store",
+    "gateway.store.records",
+    "gateway.store.rules",
     "adapters.config",
     "adapters.dedup",
     "adapters.envelope",
@@ -55,7 +58,8 @@ FORBIDDEN = frozenset(
 
 
 def _source_path(module: str) -> Path:
-    return ROOT / (module.replace(".", "/") + ".py")
+    path = ROOT / module.replace(".", "/")
+    return path.with_suffix(".py") if path.with_suffix(".py").is_file() else path / "__init__.py"
 
 
 def _resolve(module: str, node: ast.ImportFrom) -> str:
