@@ -116,6 +116,7 @@ class GatewayConfig:
     health_timeout_ms: int = 1000
     sse_heartbeat_ms: int = 15000
     outbound_queue_max: int = 256
+    event_log_max_len: int = 1000
     auth_timeout_ms: int = 10000
     body_timeout_ms: int = 10000
     head_timeout_ms: int = 10000

@@ -83,6 +83,11 @@ class EventHub:
         self._subscribers.setdefault(user, set()).add(sub)
         return sub, backlog is not None
 
+    def last_seq(self, user: str) -> int:
+        """The seq of the last message delivered to ``user`` (0 when none)."""
+        log = self._logs.get(user)
+        return log.last_seq if log else 0
+
     def unsubscribe(self, user: str, sub: Subscription) -> None:
         subs = self._subscribers.get(user)
         if subs is not None:

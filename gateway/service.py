@@ -51,7 +51,9 @@ class DialogService:
         self.inflight = 0
         self.ws_connections = ConnectionCounter(config.max_ws_conn)
         self.routes = RouteTable.from_config(config.routes)
-        self.hub = EventHub(queue_max=config.outbound_queue_max)
+        self.hub = EventHub(
+            queue_max=config.outbound_queue_max, log_max_len=config.event_log_max_len
+        )
         self.pool = BackendPool(
             config.routes, max_message_bytes=config.max_message_bytes, base_dir=base_dir
         )

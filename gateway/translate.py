@@ -26,6 +26,7 @@ ACK = "ack"
 ERROR = "error"
 DELTA = "delta"
 AUTH = "auth"
+RESET = "reset"
 MAX_ID_CHARS = 128
 DEFAULT_MAX_DEPTH = 32
 
@@ -175,6 +176,15 @@ def make_error(err: DialogError, reply_to: str = "") -> Message:
     out.content.text = err.message
     out.content.data.update({"code": err.code, "message": err.message})
     out.context.reply_to = reply_to
+    return out
+
+
+def make_reset(last_seq: int) -> Message:
+    """Tells a resuming client that part of what it asked for was already trimmed."""
+    out = Message(role=message_pb2.ROLE_SYSTEM)
+    out.content.type = RESET
+    out.content.text = "events before the oldest kept one were trimmed; resynchronize"
+    out.content.data.update({"last_seq": last_seq})
     return out
 
 

@@ -16,7 +16,7 @@ from gateway.errors import DialogError, Unauthenticated
 from gateway.http.responses import error_response
 from gateway.http.sse import HEARTBEAT, last_event_id, sse_event
 from gateway.service import DialogService
-from gateway.translate import ERROR, make_error, message_to_json
+from gateway.translate import ERROR, RESET, make_error, make_reset, message_to_json
 
 SURFACE = "http"
 
@@ -36,12 +36,15 @@ async def event_stream(request: Request) -> Response:
     except DialogError as exc:
         return error_response(exc)
     after = last_event_id(request.headers.get("last-event-id"))
-    sub, _complete = service.hub.subscribe(identity.subject, after)
+    sub, complete = service.hub.subscribe(identity.subject, after)
     heartbeat_s = service.config.sse_heartbeat_ms / 1000
 
     async def body() -> AsyncIterator[bytes]:
         try:
             yield HEARTBEAT
+            if not complete:
+                reset = make_reset(service.hub.last_seq(identity.subject))
+                yield sse_event(message_to_json(reset), event=RESET)
             while (remaining_s := service.remaining_s(identity)) > 0:
                 msg = await sub.next(min(heartbeat_s, remaining_s))
                 if msg is None:
