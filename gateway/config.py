@@ -117,6 +117,9 @@ class GatewayConfig:
     sse_heartbeat_ms: int = 15000
     outbound_queue_max: int = 256
     event_log_max_len: int = 1000
+    data_dir: str = "data"
+    redis_url: str = ""
+    dedup_ttl_s: int = 86400
     auth_timeout_ms: int = 10000
     body_timeout_ms: int = 10000
     head_timeout_ms: int = 10000

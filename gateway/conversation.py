@@ -19,7 +19,7 @@ from types import TracebackType
 from dialog.v1 import message_pb2
 from gateway.auth import Identity
 from gateway.errors import DialogError, Internal
-from gateway.service import DialogService
+from gateway.service import Admission, DialogService
 from gateway.translate import make_ack, make_error
 
 log = logging.getLogger(__name__)
@@ -67,19 +67,21 @@ class Conversation:
     async def submit(self, msg: message_pb2.Message) -> None:
         """Admit ``msg`` and start answering it; waits while too many are in flight."""
         try:
-            stored, backend = self._service.admit(self._identity, msg, self._surface)
+            admission = await self._service.admit(self._identity, msg, self._surface)
         except DialogError as exc:
             await self.fail(exc, msg.id)
             return
         await self._slots.acquire()
-        task = asyncio.create_task(self._answer(stored, backend), name=f"answer:{stored.id}")
+        name = f"answer:{admission.stored.id}"
+        task = asyncio.create_task(self._answer(admission), name=name)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _answer(self, msg: message_pb2.Message, backend: str) -> None:
+    async def _answer(self, admission: Admission) -> None:
+        msg = admission.stored
         try:
-            await self._send(make_ack(msg))
-            async for reply in self._service.replies(self._upstreams, self._identity, backend, msg):
+            await self._send(make_ack(msg, replay=admission.replay is not None))
+            async for reply in self._service.replies(self._upstreams, self._identity, admission):
                 await self._send(reply)
         except DialogError as exc:
             await self._report(exc, msg.id)

@@ -86,6 +86,15 @@ class NotFound(DialogError):
     ws_close = None
 
 
+class IdempotencyConflict(DialogError):
+    """A message id was used before with another body, or its first delivery is still running."""
+
+    code = "already_exists"
+    grpc_status = "ALREADY_EXISTS"
+    http_status = 409
+    ws_close = None
+
+
 class NoRoute(DialogError):
     """No routing rule matches the message."""
 
@@ -187,6 +196,7 @@ ERROR_CLASSES: tuple[type[DialogError], ...] = (
     RequestTimeout,
     RequestHeadTooLarge,
     NotFound,
+    IdempotencyConflict,
     NoRoute,
     RateLimited,
     TooManyConnections,

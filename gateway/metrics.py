@@ -125,3 +125,10 @@ JWKS_STALE = Gauge(
     "1 while the last JWKS fetch failed (the last good keys, if any, stay in use), else 0.",
     registry=REGISTRY,
 )
+
+DUPLICATES = Counter(
+    "dialog_gateway_duplicates_suppressed_total",
+    "Repeated message ids answered from the stored outcome instead of being forwarded again.",
+    ["surface"],
+    registry=REGISTRY,
+)

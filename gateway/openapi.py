@@ -233,7 +233,7 @@ def _post_messages() -> dict[str, Any]:
     }
     ok = _json("the stored message and its final replies and events (no deltas)", answer)
     ok["content"].update(SSE)  # with Accept: text/event-stream: ack, then every reply
-    failures = (400, 401, 403, 404, 408, 413, 429, 431, 502, 503, 504)
+    failures = (400, 401, 403, 404, 408, 409, 413, 429, 431, 502, 503, 504)
     return {
         "summary": "Send one message; get the stored message and its final replies",
         "security": BEARER,

@@ -6,10 +6,13 @@ Surfaces (gRPC, HTTP, WebSocket) only translate their transport into calls on
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import secrets
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from dialog.v1 import message_pb2
@@ -17,19 +20,44 @@ from gateway import metrics
 from gateway.auth import Identity, bearer_token, one_authorization, require_scopes
 from gateway.authenticator import Authenticator
 from gateway.config import GatewayConfig
-from gateway.errors import PermissionDenied, RateLimited, ServerBusy, Unauthenticated
+from gateway.errors import (
+    IdempotencyConflict,
+    PermissionDenied,
+    RateLimited,
+    ServerBusy,
+    Unauthenticated,
+)
 from gateway.events import EventHub
 from gateway.forwarding import Upstreams
+from gateway.idempotency import Outcome, dedup_key, fingerprint
 from gateway.origins import origin_allowed, parse_allowed_origins
 from gateway.ratelimit import ConnectionCounter, SlidingWindow
 from gateway.routing import RouteTable
+from gateway.store import DedupStatus, Store
+from gateway.store.connect import connect_store
 from gateway.tickets import TicketBook
 from gateway.translate import accept_client_message, set_time
 from gateway.upstream import BackendPool
 
+PENDING_MARGIN_S = 30.0
+
 
 def new_id() -> str:
     return uuid.uuid4().hex
+
+
+@dataclass(frozen=True)
+class Admission:
+    """An admitted message: stored, routed, and either to forward or a replay.
+
+    ``key`` is the idempotency key the store holds for it (empty when the gateway chose
+    the id); ``replay`` is the recorded outcome when the id was seen before.
+    """
+
+    stored: message_pb2.Message
+    backend: str
+    key: str = ""
+    replay: Outcome | None = None
 
 
 class DialogService:
@@ -44,6 +72,8 @@ class DialogService:
     ):
         self.config = config
         self.clock = clock
+        self.base_dir = base_dir
+        self.store: Store | None = None
         self.authenticator = Authenticator.from_config(config, base_dir=base_dir, clock=clock)
         self.rate_limit = SlidingWindow(config.rate_limit_max, config.rate_limit_window_s)
         self.tickets = TicketBook(config.ws_ticket_ttl_s)
@@ -59,12 +89,18 @@ class DialogService:
         )
 
     async def start(self) -> None:
-        """Load the JWKS keys, if configured, and start their refresher."""
+        """Open the message store, load the JWKS keys, if configured, and start their
+        refresher."""
+        self.store = await connect_store(
+            data_dir=self.base_dir / self.config.data_dir, redis_url=self.config.redis_url
+        )
         await self.authenticator.start()
 
     async def close(self) -> None:
         await self.authenticator.close()
         await self.pool.close()
+        if self.store is not None:
+            await self.store.close()
 
     async def authenticate(
         self, authorization: str | Sequence[str] | None, surface: str
@@ -81,13 +117,13 @@ class DialogService:
             ).inc()
             raise
 
-    def admit(
-        self, identity: Identity, msg: message_pb2.Message, surface: str
-    ) -> tuple[message_pb2.Message, str]:
+    async def admit(self, identity: Identity, msg: message_pb2.Message, surface: str) -> Admission:
         """Rate-limit, stamp and route a client message; deliver it to the user's stream.
 
         Returns the stored message (with id, timestamp and seq) and its back-end. A route
-        that requires scopes refuses an identity without them (``PermissionDenied``).
+        that requires scopes refuses an identity without them (``PermissionDenied``). A
+        client-chosen id is an idempotency key: a repeat with the same body is answered from
+        the recorded outcome (``Admission.replay``), one with another body is refused.
         """
         if self.inflight >= self.config.max_inflight:
             metrics.RATE_LIMITED.labels(surface=surface, limit="inflight").inc()
@@ -104,9 +140,24 @@ class DialogService:
             metrics.AUTH_FAILURES.labels(surface=surface, reason="scope").inc()
             raise
         backend = route.backend
+        key = ""
+        if msg.id and self.store is not None:
+            key = dedup_key(identity.subject, msg.id)
+            timeout_s = self.pool.configs[backend].timeout_ms / 1000 + PENDING_MARGIN_S
+            result = await self.store.remember(key, fingerprint(stored), timeout_s)
+            if result.status is DedupStatus.CONFLICT:
+                raise IdempotencyConflict(f"message id {msg.id!r} was used with another body")
+            if result.outcome is None and result.status is DedupStatus.REPLAY:
+                raise IdempotencyConflict(
+                    f"message {msg.id!r} is still being answered; retry shortly", retry_after_s=1
+                )
+            if result.outcome is not None:
+                metrics.DUPLICATES.labels(surface=surface).inc()
+                replay = Outcome.decode(result.outcome)
+                return Admission(replay.stored, backend, replay=replay)
         self.hub.publish(identity.subject, stored)
         metrics.MESSAGES.labels(surface=surface, backend=backend).inc()
-        return stored, backend
+        return Admission(stored, backend, key)
 
     def upstreams(self, identity: Identity) -> Upstreams:
         """Back-end streams for one client connection."""
@@ -118,19 +169,35 @@ class DialogService:
         )
 
     async def replies(
-        self, upstreams: Upstreams, identity: Identity, backend: str, msg: message_pb2.Message
+        self, upstreams: Upstreams, identity: Identity, admission: Admission
     ) -> AsyncIterator[message_pb2.Message]:
-        """Forward ``msg`` and yield its replies, each delivered to the user's stream."""
+        """Forward the admitted message and yield its replies, each delivered to the user's
+        stream; a replay yields the recorded replies instead. The outcome is recorded for
+        repeats once the final reply is in; a message that failed is forgotten, so that its
+        retry is forwarded again."""
+        if admission.replay is not None:
+            for reply in admission.replay.replies:
+                yield reply
+            return
+        msg, answered = admission.stored, []
         self.inflight += 1
         try:
-            async for reply in upstreams.forward(backend, msg):
+            async for reply in upstreams.forward(admission.backend, msg):
                 reply.context.reply_to = msg.id
                 if not reply.context.conversation_id:
                     reply.context.conversation_id = msg.context.conversation_id
                 set_time(reply, self.clock())
-                yield self.hub.publish(identity.subject, reply)
+                answered.append(self.hub.publish(identity.subject, reply))
+                yield reply
+            if admission.key and self.store is not None:
+                outcome = Outcome.of(msg, answered).encode()
+                await self.store.record_outcome(admission.key, outcome, self.config.dedup_ttl_s)
+                admission = dataclasses.replace(admission, key="")
         finally:
             self.inflight -= 1
+            if admission.key and self.store is not None:
+                with contextlib.suppress(Exception):
+                    await self.store.forget(admission.key)
 
     def remaining_s(self, identity: Identity) -> float:
         """Seconds until the identity's token expires, leeway included."""

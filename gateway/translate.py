@@ -159,13 +159,16 @@ def set_time(msg: Message, now_s: float) -> None:
     msg.timestamp.CopyFrom(ts)
 
 
-def make_ack(msg: Message) -> Message:
-    """The ack for an accepted message: same id and seq, ``content.type`` "ack"."""
+def make_ack(msg: Message, *, replay: bool = False) -> Message:
+    """The ack for an accepted message: same id and seq, ``content.type`` "ack"; a repeated
+    id answered from its recorded outcome is marked ``data.replay``."""
     ack = Message(id=msg.id, role=message_pb2.ROLE_SYSTEM, seq=msg.seq)
     ack.content.type = ACK
     ack.context.reply_to = msg.id
     ack.context.conversation_id = msg.context.conversation_id
     ack.timestamp.CopyFrom(msg.timestamp)
+    if replay:
+        ack.content.data.update({"replay": True})
     return ack
 
 

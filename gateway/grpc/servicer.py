@@ -76,10 +76,11 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
         try:
             identity = await self._identity(context)
             validate_client_message(request.message)
-            stored, backend = self._service.admit(identity, request.message, SURFACE)
-            yield gateway_pb2.SendResponse(message=make_ack(stored))
+            admission = await self._service.admit(identity, request.message, SURFACE)
+            ack = make_ack(admission.stored, replay=admission.replay is not None)
+            yield gateway_pb2.SendResponse(message=ack)
             upstreams = self._service.upstreams(identity)
-            replies = self._service.replies(upstreams, identity, backend, stored)
+            replies = self._service.replies(upstreams, identity, admission)
             try:
                 async for reply in _until_expiry(self._service, identity, replies):
                     yield gateway_pb2.SendResponse(message=reply)

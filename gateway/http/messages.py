@@ -8,14 +8,13 @@ from collections.abc import AsyncIterator
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
-from dialog.v1 import message_pb2
 from gateway import metrics
 from gateway.auth import Identity
 from gateway.errors import DialogError, Internal, InvalidMessage
 from gateway.http.body import read_limited
 from gateway.http.responses import error_response, json_response
 from gateway.http.sse import sse_event
-from gateway.service import DialogService
+from gateway.service import Admission, DialogService
 from gateway.translate import (
     DELTA,
     ERROR,
@@ -30,6 +29,7 @@ from gateway.translate import (
 SURFACE = "http"
 EVENT_STREAM = "text/event-stream"
 IDEMPOTENCY_HEADER = "idempotency-key"
+REPLAY_HEADER = "Idempotent-Replayed"
 
 
 async def post_message(request: Request) -> Response:
@@ -50,15 +50,17 @@ async def post_message(request: Request) -> Response:
             raise InvalidMessage(f"Idempotency-Key is longer than {MAX_ID_CHARS} characters")
         if key and not msg.id:
             msg.id = key
-        stored, backend = service.admit(identity, msg, SURFACE)
+        admission = await service.admit(identity, msg, SURFACE)
+        headers = {REPLAY_HEADER: "true"} if admission.replay is not None else {}
         if EVENT_STREAM in request.headers.get("accept", ""):
             return StreamingResponse(
-                _stream(service, identity, backend, stored),
+                _stream(service, identity, admission),
                 media_type=EVENT_STREAM,
-                headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
+                headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no", **headers},
             )
-        replies = await _collect(service, identity, backend, stored)
-        return json_response({"message": message_to_dict(stored), "replies": replies})
+        replies = await _collect(service, identity, admission)
+        answer = {"message": message_to_dict(admission.stored), "replies": replies}
+        return json_response(answer, headers=headers)
     except DialogError as exc:
         code = exc.http_status
         return error_response(exc)
@@ -72,14 +74,14 @@ async def post_message(request: Request) -> Response:
 
 
 async def _collect(
-    service: DialogService, identity: Identity, backend: str, msg: message_pb2.Message
+    service: DialogService, identity: Identity, admission: Admission
 ) -> list[dict[str, object]]:
     """The final reply and the events; deltas are left out of the JSON answer."""
     upstreams = service.upstreams(identity)
     try:
         return [
             message_to_dict(reply)
-            async for reply in service.replies(upstreams, identity, backend, msg)
+            async for reply in service.replies(upstreams, identity, admission)
             if reply.content.type != DELTA
         ]
     finally:
@@ -87,13 +89,15 @@ async def _collect(
 
 
 async def _stream(
-    service: DialogService, identity: Identity, backend: str, msg: message_pb2.Message
+    service: DialogService, identity: Identity, admission: Admission
 ) -> AsyncIterator[bytes]:
     """Ack, then every reply as it comes; an error after the start is an in-band event."""
-    yield sse_event(message_to_json(make_ack(msg)), event="ack", event_id=msg.seq)
+    msg = admission.stored
+    ack = make_ack(msg, replay=admission.replay is not None)
+    yield sse_event(message_to_json(ack), event="ack", event_id=msg.seq)
     upstreams = service.upstreams(identity)
     try:
-        async for reply in service.replies(upstreams, identity, backend, msg):
+        async for reply in service.replies(upstreams, identity, admission):
             yield sse_event(message_to_json(reply), event="message", event_id=reply.seq)
     except DialogError as exc:
         yield sse_event(message_to_json(make_error(exc, msg.id)), event=ERROR)

@@ -118,14 +118,13 @@ async def test_a_route_refuses_a_token_without_its_scope(service: DialogService)
     writer = await service.authenticate(f"Bearer {es256(scp=['tasks:write'])}", "test")
     before = failures("scope")
     with pytest.raises(PermissionDenied, match="missing scope: tasks:write") as info:
-        service.admit(reader, message("tasks"), "test")
+        await service.admit(reader, message("tasks"), "test")
     assert info.value.http_status == 403
     assert failures("scope") == before + 1
-    stored, backend = service.admit(writer, message("tasks"), "test")
-    assert backend == "tasks"
-    assert stored.id
-    _, backend = service.admit(reader, message("chat"), "test")
-    assert backend == "chat"
+    admission = await service.admit(writer, message("tasks"), "test")
+    assert admission.backend == "tasks"
+    assert admission.stored.id
+    assert (await service.admit(reader, message("chat"), "test")).backend == "chat"
 
 
 # ---------------------------------------------------------------------------

@@ -101,3 +101,18 @@ def test_backend_that_dies_shows_not_serving(tmp_path: Path) -> None:
     with running_stack(tmp_path, HEALTH_INTERVAL_MS="300") as s:
         next(p for p in s.processes if p.name == "tasks").stop()
         wait_until(lambda: s.health_status() == 503, 10, "health 503 after tasks died")
+
+
+def test_a_failed_message_can_be_retried_with_the_same_id(stack_without_chat: Stack) -> None:
+    """A message that got an error was not applied: its id is free for the retry."""
+    s = stack_without_chat
+    body = {"id": "retry-me", "content": {"type": "text", "text": "x"}}
+    token = s.token()
+    with httpx.Client(verify=s.ssl_context(), timeout=30) as c:
+        codes = [
+            c.post(
+                f"{s.base_url}/messages", json=body, headers={"Authorization": f"Bearer {token}"}
+            ).status_code
+            for _ in range(2)
+        ]
+    assert codes == [503, 503]

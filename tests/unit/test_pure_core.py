@@ -25,6 +25,7 @@ PURE_MODULES = (
     "gateway.health_state",
     "gateway.http.sse",
     "gateway.client.frames",
+    "gateway.idempotency",
     "gateway.store",
     "gateway.store.records",
     "gateway.store.rules",
