@@ -54,7 +54,6 @@ from gateway.errors import InvalidMessage, PermissionDenied, Unauthenticated
 
 SECRET_ALGORITHM = "HS256"
 JWKS_ALGORITHMS = ("RS256", "ES256", "EdDSA")
-ALLOWED_ALGORITHMS = (SECRET_ALGORITHM, *JWKS_ALGORITHMS)
 ACCEPTED_TYPES = frozenset({"jwt", "at+jwt", "application/at+jwt"})
 BEARER = "bearer"
 MAX_KID_CHARS = 256

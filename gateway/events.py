@@ -34,8 +34,10 @@ class Subscription:
             return
         self._queue.put_nowait(msg)
 
-    async def next(self, timeout_s: float) -> message_pb2.Message | None:
-        """The next message, or ``None`` when none came within ``timeout_s``."""
+    async def next(self, timeout_s: float | None = None) -> message_pb2.Message | None:
+        """The next message, or ``None`` when none came within ``timeout_s``.
+
+        Raises ``Overloaded`` once the subscriber has fallen too far behind."""
         try:
             msg = await asyncio.wait_for(self._queue.get(), timeout_s)
         except TimeoutError:
@@ -45,10 +47,7 @@ class Subscription:
         return msg
 
     async def __aiter__(self) -> AsyncIterator[message_pb2.Message]:
-        while True:
-            msg = await self._queue.get()
-            if msg is None:
-                raise Overloaded("event stream fell too far behind; reconnect with the last seq")
+        while (msg := await self.next()) is not None:
             yield msg
 
 

@@ -110,12 +110,24 @@ class DialogService:
         if not isinstance(authorization, str) and authorization is not None:
             authorization = one_authorization(authorization)
         try:
-            return await self.authenticator.authenticate(bearer_token(authorization))
+            token = bearer_token(authorization)
         except Unauthenticated as exc:
-            metrics.AUTH_FAILURES.labels(
-                surface=surface, reason=metrics.auth_reason(exc.message)
-            ).inc()
+            self._count_auth_failure(exc, surface)
             raise
+        return await self.authenticate_token(token, surface)
+
+    async def authenticate_token(self, token: str, surface: str) -> Identity:
+        """Verify a bare token (a WebSocket ``auth`` frame); count failures by reason."""
+        try:
+            return await self.authenticator.authenticate(token)
+        except Unauthenticated as exc:
+            self._count_auth_failure(exc, surface)
+            raise
+
+    @staticmethod
+    def _count_auth_failure(exc: Unauthenticated, surface: str) -> None:
+        reason = metrics.auth_reason(exc.message)
+        metrics.AUTH_FAILURES.labels(surface=surface, reason=reason).inc()
 
     async def admit(self, identity: Identity, msg: message_pb2.Message, surface: str) -> Admission:
         """Rate-limit, stamp and route a client message; deliver it to the user's stream.

@@ -68,7 +68,10 @@ def json_depth(value: Any) -> int:
 
 def decode_json(raw: bytes | str, max_bytes: int, max_depth: int = DEFAULT_MAX_DEPTH) -> Any:
     """Parse JSON text: size first, then syntax, finite numbers and nesting depth."""
-    size = len(raw.encode() if isinstance(raw, str) else raw)
+    size = len(raw)
+    if isinstance(raw, str) and size * 4 > max_bytes:
+        # A character takes 1 to 4 bytes in UTF-8: encode only when the limit is in reach.
+        size = len(raw.encode())
     if size > max_bytes:
         raise MessageTooLarge(f"message is {size} bytes; the limit is {max_bytes}")
     try:

@@ -106,7 +106,7 @@ async def _first_frame_identity(ws: WebSocket, service: DialogService) -> Identi
         msg = parse_message(text, service.config.max_message_bytes, service.config.json_max_depth)
         if msg.content.type != AUTH or not msg.content.text:
             raise Unauthenticated("the first frame must be an auth frame")
-        identity = await service.authenticate(f"Bearer {msg.content.text}", SURFACE)
+        identity = await service.authenticate_token(msg.content.text, SURFACE)
         _open_connection(service, identity)
     except DialogError as exc:
         code = exc.ws_close if isinstance(exc, TooManyConnections) else Unauthenticated.ws_close
@@ -191,7 +191,7 @@ class Bridge:
 
     async def _reauthenticate(self, msg: message_pb2.Message, expiry: asyncio.Timeout) -> None:
         """A fresh token for the same user extends the socket's life."""
-        identity = await self._service.authenticate(f"Bearer {msg.content.text}", SURFACE)
+        identity = await self._service.authenticate_token(msg.content.text, SURFACE)
         if identity.subject != self._identity.subject:
             raise PermissionDenied("a connection cannot change its user")
         self._identity = identity

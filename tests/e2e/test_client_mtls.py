@@ -18,7 +18,7 @@ import httpx
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from websockets.asyncio.client import connect
-from websockets.exceptions import InvalidMessage, InvalidStatus
+from websockets.exceptions import InvalidStatus
 
 from dialog.v1 import gateway_pb2, gateway_pb2_grpc, message_pb2
 from gateway.certs import create_dev_certs, issue_client_cert
@@ -137,15 +137,8 @@ async def grpc_send(stack: Stack, identity: str, token: str | None) -> grpc.Stat
     return grpc.StatusCode.OK
 
 
-@pytest.mark.parametrize("identity", [None, *INVALID])
-async def test_required_refuses_handshakes_without_a_valid_certificate(
-    required: Stack, identity: str | None
-) -> None:
-    assert health_status(required, identity) is None
-    assert await grpc_health(required, identity) == grpc.StatusCode.UNAVAILABLE
-    with pytest.raises(InvalidMessage) as caught:  # closed before any HTTP response
-        await ws_ack(required, identity, required.token())
-    assert isinstance(caught.value.__cause__, EOFError)
+# Refused handshakes in required mode, on both ports and for every kind of bad
+# certificate, are cases of the attack suite (tests/security/test_mtls.py).
 
 
 async def test_required_accepts_a_valid_certificate_and_still_needs_the_jwt(
