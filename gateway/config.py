@@ -117,9 +117,20 @@ class GatewayConfig:
     sse_heartbeat_ms: int = 15000
     outbound_queue_max: int = 256
     event_log_max_len: int = 1000
+    event_log_max_age_s: int = 86400
     data_dir: str = "data"
     redis_url: str = ""
     dedup_ttl_s: int = 86400
+    max_delivery_attempts: int = 5
+    redelivery_initial_ms: int = 500
+    redelivery_max_ms: int = 30000
+    retry_budget_ratio: float = 0.2
+    retry_budget_min_per_s: int = 10
+    breaker_failures: int = 5
+    breaker_open_ms: int = 5000
+    drain_timeout_s: int = 20
+    ws_ping_interval_s: int = 20
+    ws_ping_timeout_s: int = 20
     auth_timeout_ms: int = 10000
     body_timeout_ms: int = 10000
     head_timeout_ms: int = 10000
@@ -322,6 +333,19 @@ def _validate(config: GatewayConfig) -> None:
         "max_ws_conn",
         "max_connections",
         "body_timeout_ms",
+        "event_log_max_len",
+        "event_log_max_age_s",
+        "max_delivery_attempts",
+        "redelivery_initial_ms",
+        "redelivery_max_ms",
+        "breaker_failures",
+        "breaker_open_ms",
+        "drain_timeout_s",
     ):
         if getattr(config, name) <= 0:
             raise ConfigError(f"{name.upper()}: must be positive")
+    if not 0 <= config.retry_budget_ratio <= 1:
+        raise ConfigError("RETRY_BUDGET_RATIO: expected a fraction between 0 and 1")
+    for name in ("retry_budget_min_per_s", "ws_ping_interval_s", "ws_ping_timeout_s"):
+        if getattr(config, name) < 0:
+            raise ConfigError(f"{name.upper()}: must not be negative")
