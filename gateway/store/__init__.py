@@ -18,6 +18,7 @@ This package's ``__init__``, ``records`` and ``rules`` are pure (no I/O).
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from typing import Protocol
 
 from gateway.store.records import (
@@ -80,6 +81,11 @@ class Store(Protocol):
         opaque key (the caller scopes it per user). ``seq`` must be >= 1."""
         ...
 
+    async def release_entity_seq(self, entity: str, seq: int) -> bool:
+        """Undo an APPLY of ``seq`` whose message was not delivered: last goes back to
+        ``seq - 1``, but only while last is still ``seq`` (True when it did)."""
+        ...
+
     # -- per-user event log ----------------------------------------------------------
     async def append_event(self, user: str, message: bytes) -> int:
         """Keep ``message`` in ``user``'s log and return its seq: 1 for the first,
@@ -104,6 +110,14 @@ class Store(Protocol):
         """The seq of ``user``'s latest event ever appended (0 before the first)."""
         ...
 
+    def watch_events(self) -> AsyncIterator[tuple[str, int]]:
+        """(user, seq) of each event other store instances append from now on, so
+        that a replica can wake its subscribers. A store that only one process
+        opens yields nothing. Notices are a hint, not a log: one missed (say while
+        the store reconnects) is caught up by reading ``events_after``; a broken
+        connection raises ``StoreUnavailable`` and the caller watches again."""
+        ...
+
     # -- durable inbound queue -------------------------------------------------------
     async def enqueue(self, message_id: str, backend: str, body: bytes) -> str:
         """Add a message to ``backend``'s queue; durable before returning. Returns
@@ -120,6 +134,13 @@ class Store(Protocol):
         letters instead. Two concurrent claims never get the same entry."""
         ...
 
+    async def retry(self, backend: str, entry_id: str, consumer: str) -> QueuedMessage | None:
+        """Deliver an entry that failed once more, now, to ``consumer`` (which still
+        holds it): count the delivery and restart its idle time. An entry that had
+        ``max_attempts`` deliveries moves to the dead letters instead (None); None
+        also when the entry is not pending (acknowledged, buried, replayed)."""
+        ...
+
     async def ack(self, backend: str, entry_id: str) -> None:
         """The entry was delivered: remove it for good (idempotent)."""
         ...
@@ -129,6 +150,16 @@ class Store(Protocol):
         that is not pending). At ``max_attempts`` the entry moves to the dead
         letters with ``error``; before, a later ``claim`` retries it once it has
         been idle for ``min_idle_s``."""
+        ...
+
+    async def queue_depth(self, backend: str) -> int:
+        """Entries of ``backend``'s queue not yet acknowledged (claimed ones included)."""
+        ...
+
+    async def hold_queue(self, backend: str, holder: str, lease_s: float) -> bool:
+        """Take or renew the right to deliver ``backend``'s queue for ``lease_s``: True
+        when ``holder`` has it (one holder at a time on every replica, so the queue is
+        delivered in order); a holder that stops renewing loses it when the lease ends."""
         ...
 
     async def dead_letters(self, limit: int) -> list[DeadLetter]:

@@ -6,8 +6,10 @@ user, entity or back-end name can collide with another family:
 
 - ``dedup:<key>`` hash {hash, expires_at, outcome}; ``entity:<entity>`` last applied seq;
 - ``events:<user>`` stream with IDs ``<seq>-0``, ``evseq:<user>`` its INCR counter;
+  ``notices`` the pub/sub channel that tells replicas about appends;
 - ``queue:<backend>`` stream with consumer group ``gateway``, ``qattempts:<backend>``
-  and ``qerrors:<backend>`` hashes by entry id; ``dead`` the dead-letter stream;
+  and ``qerrors:<backend>`` hashes by entry id, ``qholder:<backend>`` the replica
+  delivering it; ``dead`` the dead-letter stream;
 - ``rate:<key>`` sorted set of event times; ``conn:<user>`` hash {replica: count},
   ``replicas`` hash {replica: alive until}.
 
@@ -26,13 +28,14 @@ import contextlib
 import functools
 import time
 import uuid
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from typing import Any, ParamSpec, TypedDict, TypeVar, Unpack
 
 from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError, ResponseError
+from redis.maint_notifications import MaintNotificationsConfig
 
 from gateway.errors import StoreUnavailable
 from gateway.store import redis_scripts as lua
@@ -57,6 +60,7 @@ DEFAULT_MAX_ATTEMPTS = 5
 DEFAULT_REPLICA_LEASE_S = 30.0
 DEFAULT_TIMEOUT_S = 5.0
 GROUP = "gateway"
+NOTICE_POLL_S = 1.0
 
 
 def _converted(
@@ -140,8 +144,9 @@ class RedisStore:
         self._scripts = {
             name: client.register_script(getattr(lua, name))
             for name in (
-                "REMEMBER", "RECORD_OUTCOME", "ENTITY_SEQ", "APPEND_EVENT", "TRIM_EVENTS",
-                "DELIVER", "FAIL", "REPLAY_DEAD_LETTER", "RATE_ACQUIRE",
+                "REMEMBER", "RECORD_OUTCOME", "ENTITY_SEQ", "RELEASE_ENTITY_SEQ", "APPEND_EVENT",
+                "TRIM_EVENTS", "DELIVER", "FAIL", "REPLAY_DEAD_LETTER", "RATE_ACQUIRE",
+                "HOLD_QUEUE",
             )
         }  # fmt: skip
         self.connections = ReplicaConnections(
@@ -166,6 +171,10 @@ class RedisStore:
             socket_connect_timeout=timeout_s,
             retry=Retry(NoBackoff(), 0),
             health_check_interval=30,
+            # With maintenance notifications on (redis-py's default over RESP3), the pool
+            # skips its check of an idle connection before handing it out: after a Redis
+            # restart, every connection pooled before it would fail its next command.
+            maint_notifications_config=MaintNotificationsConfig(enabled=False),
         )
         store = cls(client, **options)
         try:
@@ -217,11 +226,18 @@ class RedisStore:
         verdict, expected = await self._script("ENTITY_SEQ", [self._key("entity", entity)], [seq])
         return EntityDecision(EntityVerdict(_text(verdict)), int(expected))
 
+    @_converted
+    async def release_entity_seq(self, entity: str, seq: int) -> bool:
+        rules.require(seq >= 1, "seq must be at least 1")
+        keys = [self._key("entity", entity)]
+        return bool(await self._script("RELEASE_ENTITY_SEQ", keys, [seq]))
+
     # -- per-user event log ----------------------------------------------------------
     @_converted
     async def append_event(self, user: str, message: bytes) -> int:
-        keys = [self._key("events", user), self._key("evseq", user)]
-        return int(await self._script("APPEND_EVENT", keys, [message, lua.number(self._clock())]))
+        keys = [self._key("events", user), self._key("evseq", user), self._key("notices")]
+        args = [message, lua.number(self._clock()), self.connections.replica_id, user]
+        return int(await self._script("APPEND_EVENT", keys, args))
 
     @_converted
     async def events_after(self, user: str, after_seq: int, limit: int) -> EventsPage:
@@ -252,6 +268,26 @@ class RedisStore:
     @_converted
     async def last_event_seq(self, user: str) -> int:
         return int(await self._redis.get(self._key("evseq", user)) or 0)
+
+    async def watch_events(self) -> AsyncIterator[tuple[str, int]]:
+        if self.closed:
+            raise StoreUnavailable("the message store is closed")
+        pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
+        try:
+            await pubsub.subscribe(self._key("notices"))
+            while True:
+                # A bounded wait: the client's socket timeout must not fire on a quiet line.
+                notice = await pubsub.get_message(timeout=NOTICE_POLL_S)
+                if notice is None or notice.get("type") != "message":
+                    continue
+                replica, seq, user = _text(notice["data"]).split(" ", 2)
+                if replica != self.connections.replica_id:
+                    yield user, int(seq)
+        except RedisError as exc:
+            raise StoreUnavailable("lost the message store's event notices") from exc
+        finally:
+            with contextlib.suppress(RedisError):
+                await pubsub.aclose()  # type: ignore[no-untyped-call]
 
     # -- durable inbound queue -------------------------------------------------------
     async def _ensure_group(self, backend: str) -> str:
@@ -331,6 +367,23 @@ class RedisStore:
         return entries
 
     @_converted
+    async def retry(self, backend: str, entry_id: str, consumer: str) -> QueuedMessage | None:
+        stream = await self._ensure_group(backend)
+        # XCLAIM with no minimum idle time: restarts the idle clock of a pending entry
+        # (and answers nothing for one that is not pending).
+        claimed: Any = await self._redis.xclaim(stream, GROUP, consumer, 0, [entry_id])
+        entries = {_text(eid): _fields(raw) for eid, raw in claimed or () if raw}
+        if entry_id not in entries:
+            return None
+        args = [GROUP, self._max_attempts, lua.number(self._clock()), backend, entry_id]
+        out = await self._script("DELIVER", self._queue_keys(backend), args)
+        if not out:
+            return None
+        fields = entries[entry_id]
+        message_id = _text(fields["message_id"])
+        return QueuedMessage(entry_id, message_id, backend, fields["body"], int(out[1]))
+
+    @_converted
     async def ack(self, backend: str, entry_id: str) -> None:
         keys = self._queue_keys(backend)
         async with self._redis.pipeline(transaction=True) as pipe:
@@ -344,6 +397,17 @@ class RedisStore:
     async def fail(self, backend: str, entry_id: str, error: str) -> int:
         args = [GROUP, self._max_attempts, lua.number(self._clock()), backend, entry_id, error]
         return int(await self._script("FAIL", self._queue_keys(backend), args))
+
+    @_converted
+    async def queue_depth(self, backend: str) -> int:
+        # Acknowledged entries are deleted (XDEL), so the stream holds only the rest.
+        return int(await self._redis.xlen(self._key("queue", backend)))
+
+    @_converted
+    async def hold_queue(self, backend: str, holder: str, lease_s: float) -> bool:
+        rules.require(lease_s > 0, "lease_s must be positive")
+        keys = [self._key("qholder", backend)]
+        return bool(await self._script("HOLD_QUEUE", keys, [holder, rules.ttl_ms(lease_s)]))
 
     @_converted
     async def dead_letters(self, limit: int) -> list[DeadLetter]:

@@ -62,13 +62,22 @@ if seq <= last then return {'duplicate', last + 1} end
 return {'gap', last + 1}
 """
 
-# KEYS: event stream, seq counter. ARGV: body, at_s.
+# KEYS: entity seq. ARGV: the applied seq to undo.
+RELEASE_ENTITY_SEQ = """
+if tonumber(redis.call('GET', KEYS[1]) or '0') ~= tonumber(ARGV[1]) then return 0 end
+redis.call('SET', KEYS[1], tonumber(ARGV[1]) - 1)
+return 1
+"""
+
+# KEYS: event stream, seq counter, notice channel. ARGV: body, at_s, replica id, user.
 # The counter gives the seq; the stream entry's ID is "<seq>-0". PERSIST undoes the
-# idle expiry TRIM_EVENTS may have set, since the log has a fresh event now.
+# idle expiry TRIM_EVENTS may have set, since the log has a fresh event now. The
+# notice "<replica> <seq> <user>" wakes the user's subscribers on the other replicas.
 APPEND_EVENT = """
 local seq = redis.call('INCR', KEYS[2])
 redis.call('XADD', KEYS[1], string.format('%d-0', seq), 'at', ARGV[2], 'body', ARGV[1])
 redis.call('PERSIST', KEYS[1])
+redis.call('PUBLISH', KEYS[3], ARGV[3] .. ' ' .. seq .. ' ' .. ARGV[4])
 return seq
 """
 
@@ -234,5 +243,14 @@ local all = redis.call('HGETALL', KEYS[1])
 for i = 1, #all, 2 do
   if tonumber(all[i + 1]) <= tonumber(ARGV[2]) then redis.call('HDEL', KEYS[1], all[i]) end
 end
+return 1
+"""
+
+# KEYS: the queue's holder key. ARGV: holder, lease in ms. Take the key when free, renew
+# it when ours; 1 when the holder has it.
+HOLD_QUEUE = """
+local current = redis.call('GET', KEYS[1])
+if current and current ~= ARGV[1] then return 0 end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
 return 1
 """

@@ -8,10 +8,14 @@ first, so they are atomic also against other connections to the same file.
 
 from __future__ import annotations
 
+import queue
 import sqlite3
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any, TypeVar
 
 from gateway.store import rules
 from gateway.store.records import (
@@ -27,6 +31,8 @@ from gateway.store.records import (
 
 SCHEMA_VERSION = 1
 BUSY_TIMEOUT_MS = 10_000
+MAX_BATCH = 128
+T = TypeVar("T")
 DEDUP_PURGE_INTERVAL_S = 60.0
 
 SCHEMA = """
@@ -46,6 +52,9 @@ CREATE TABLE IF NOT EXISTS queue (
     consumer TEXT, delivered_at REAL, error TEXT
 );
 CREATE INDEX IF NOT EXISTS queue_by_backend ON queue (backend, delivered_at, id);
+CREATE TABLE IF NOT EXISTS queue_holders (
+    backend TEXT PRIMARY KEY, holder TEXT NOT NULL, until REAL NOT NULL
+);
 CREATE TABLE IF NOT EXISTS dead_letters (
     id INTEGER PRIMARY KEY AUTOINCREMENT, backend TEXT NOT NULL, message_id TEXT NOT NULL,
     body BLOB NOT NULL, attempts INTEGER NOT NULL, error TEXT NOT NULL, dead_at REAL NOT NULL
@@ -55,7 +64,18 @@ CREATE TABLE IF NOT EXISTS dead_letters (
 
 @contextmanager
 def _immediate(db: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
-    """One write transaction, holding the write lock from its first statement."""
+    """One write transaction, holding the write lock from its first statement; inside a
+    batch (``Database.run_batch``), a savepoint of the batch's transaction."""
+    if db.in_transaction:
+        db.execute("SAVEPOINT step")
+        try:
+            yield db
+        except BaseException:
+            db.execute("ROLLBACK TO step")
+            db.execute("RELEASE step")
+            raise
+        db.execute("RELEASE step")
+        return
     db.execute("BEGIN IMMEDIATE")
     try:
         yield db
@@ -67,7 +87,11 @@ def _immediate(db: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
 
 @contextmanager
 def _snapshot(db: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
-    """One read transaction: its statements see the same committed state."""
+    """One read transaction: its statements see the same committed state (inside a
+    batch, the batch's transaction already does)."""
+    if db.in_transaction:
+        yield db
+        return
     db.execute("BEGIN")
     try:
         yield db
@@ -85,7 +109,10 @@ class Database:
     def __init__(self, path: Path, max_attempts: int) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         # Autocommit mode: transactions are explicit (BEGIN IMMEDIATE), never implicit.
-        self._db = sqlite3.connect(path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None)
+        # Opened on one thread, used on the store's own (GroupCommit): one at a time.
+        self._db = sqlite3.connect(
+            path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None, check_same_thread=False
+        )
         self._max_attempts = max_attempts
         self._next_purge_s = 0.0
         try:
@@ -105,6 +132,28 @@ class Database:
 
     def close(self) -> None:
         self._db.close()
+
+    def run_batch(self, calls: Sequence[Callable[[Database], Any]]) -> list[tuple[bool, Any]]:
+        """Run ``calls`` in one write transaction, so they share one commit (one fsync).
+
+        Returns (True, value) or (False, exception) per call. Each call is a savepoint: one
+        that raises is undone alone. When the commit fails, every call gets that error.
+        """
+        results: list[tuple[bool, Any]] = []
+        try:
+            self._db.execute("BEGIN IMMEDIATE")
+            for call in calls:
+                try:
+                    with _immediate(self._db):
+                        results.append((True, call(self)))
+                except Exception as exc:
+                    results.append((False, exc))
+            self._db.execute("COMMIT")
+        except sqlite3.Error as exc:
+            if self._db.in_transaction:
+                self._db.execute("ROLLBACK")
+            return [(False, exc)] * len(calls)
+        return results
 
     def pragma(self, name: str) -> str:
         return str(self._db.execute(f"PRAGMA {name}").fetchone()[0])
@@ -153,6 +202,14 @@ class Database:
             if decision.verdict is EntityVerdict.APPLY:
                 db.execute("INSERT OR REPLACE INTO entity_seq VALUES (?, ?)", (entity, seq))
             return decision
+
+    def release_entity_seq(self, entity: str, seq: int) -> bool:
+        with _immediate(self._db) as db:
+            cursor = db.execute(
+                "UPDATE entity_seq SET last_seq = ? WHERE entity = ? AND last_seq = ?",
+                (seq - 1, entity, seq),
+            )
+            return cursor.rowcount == 1
 
     # -- per-user event log ----------------------------------------------------------
     def append_event(self, user: str, body: bytes, now_s: float) -> int:
@@ -240,6 +297,25 @@ class Database:
                 claimed.append(QueuedMessage(str(row_id), message_id, backend, body, attempts + 1))
             return claimed
 
+    def retry(
+        self, backend: str, entry_id: str, consumer: str, now_s: float
+    ) -> QueuedMessage | None:
+        row_id = _row_id(entry_id)
+        with _immediate(self._db) as db:
+            row = self._pending(row_id, backend, "message_id, body, attempts, error")
+            if row is None:
+                return None
+            message_id, body, attempts, error = row
+            if rules.goes_dead(attempts, self._max_attempts):
+                self._bury(row_id, rules.lost_delivery_error(error), now_s)
+                return None
+            db.execute(
+                "UPDATE queue SET attempts = attempts + 1, consumer = ?, delivered_at = ?"
+                " WHERE id = ?",
+                (consumer, now_s, row_id),
+            )
+            return QueuedMessage(entry_id, message_id, backend, body, attempts + 1)
+
     def ack(self, backend: str, entry_id: str) -> None:
         self._db.execute(
             "DELETE FROM queue WHERE id = ? AND backend = ?", (_row_id(entry_id), backend)
@@ -248,17 +324,21 @@ class Database:
     def fail(self, backend: str, entry_id: str, error: str, now_s: float) -> int:
         row_id = _row_id(entry_id)
         with _immediate(self._db) as db:
-            row = db.execute(
-                "SELECT attempts FROM queue WHERE id = ? AND backend = ?"
-                " AND delivered_at IS NOT NULL",
-                (row_id, backend),
-            ).fetchone()
+            row = self._pending(row_id, backend, "attempts")
             if row is None:
                 return 0
             db.execute("UPDATE queue SET error = ? WHERE id = ?", (error, row_id))
             if rules.goes_dead(row[0], self._max_attempts):
                 self._bury(row_id, error, now_s)
             return int(row[0])
+
+    def _pending(self, row_id: int | None, backend: str, columns: str) -> Any:
+        """``columns`` of an entry delivered and not yet acknowledged, else None."""
+        return self._db.execute(
+            f"SELECT {columns} FROM queue WHERE id = ? AND backend = ?"
+            " AND delivered_at IS NOT NULL",
+            (row_id, backend),
+        ).fetchone()
 
     def _bury(self, row_id: int | None, error: str, now_s: float) -> None:
         """Move a queue row to the dead letters (inside the caller's transaction)."""
@@ -268,6 +348,22 @@ class Database:
             (error, now_s, row_id),
         )
         self._db.execute("DELETE FROM queue WHERE id = ?", (row_id,))
+
+    def queue_depth(self, backend: str) -> int:
+        row = self._db.execute("SELECT COUNT(*) FROM queue WHERE backend = ?", (backend,))
+        return int(row.fetchone()[0])
+
+    def hold_queue(self, backend: str, holder: str, until_s: float, now_s: float) -> bool:
+        with _immediate(self._db) as db:
+            row = db.execute(
+                "SELECT holder, until FROM queue_holders WHERE backend = ?", (backend,)
+            ).fetchone()
+            if row is not None and row[0] != holder and row[1] > now_s:
+                return False
+            db.execute(
+                "INSERT OR REPLACE INTO queue_holders VALUES (?, ?, ?)", (backend, holder, until_s)
+            )
+            return True
 
     def dead_letters(self, limit: int) -> list[DeadLetter]:
         rows = self._db.execute(
@@ -292,3 +388,53 @@ class Database:
 
     def ping(self) -> bool:
         return bool(self._db.execute("SELECT 1").fetchone() == (1,))
+
+
+class GroupCommit:
+    """The store's one thread: it takes every call waiting at once and runs them as one
+    batch (``Database.run_batch``), so that concurrent writers share an fsync. A call's
+    future completes only after its batch committed."""
+
+    def __init__(self, db: Database, max_batch: int = MAX_BATCH) -> None:
+        self._db = db
+        self._max_batch = max_batch
+        self._calls: queue.SimpleQueue[tuple[Callable[[Database], Any], Future[Any]] | None] = (
+            queue.SimpleQueue()
+        )
+        self._thread = threading.Thread(target=self._serve, name="sqlite-store", daemon=True)
+        self._thread.start()
+
+    def submit(self, call: Callable[[Database], T]) -> Future[T]:
+        future: Future[T] = Future()
+        self._calls.put((call, future))
+        return future
+
+    def close(self) -> None:
+        """Finish what was submitted, then close the database (blocking)."""
+        self._calls.put(None)
+        self._thread.join()
+        self._db.close()
+
+    def _serve(self) -> None:
+        closing = False
+        while not closing:
+            batch: list[tuple[Callable[[Database], Any], Future[Any]]] = []
+            item = self._calls.get()
+            while item is not None:
+                # A call whose caller gave up before it started is skipped; once started,
+                # its future can no longer be cancelled.
+                if item[1].set_running_or_notify_cancel():
+                    batch.append(item)
+                if len(batch) == self._max_batch or self._calls.empty():
+                    break
+                item = self._calls.get()
+            closing = item is None
+            if not batch:
+                continue
+            for (_, future), (ok, value) in zip(
+                batch, self._db.run_batch([call for call, _ in batch]), strict=True
+            ):
+                if ok:
+                    future.set_result(value)
+                else:
+                    future.set_exception(value)

@@ -233,6 +233,18 @@ async def test_exactly_one_concurrent_apply(h: Harness) -> None:
     assert [r.verdict for r in results].count(EntityVerdict.APPLY) == 1
 
 
+async def test_release_undoes_only_the_latest_apply(h: Harness) -> None:
+    s = h.store
+    for seq in (1, 2):
+        assert (await s.apply_entity_seq("e", seq)).verdict is EntityVerdict.APPLY
+    assert not await s.release_entity_seq("e", 1)  # 2 was applied on top: 1 stays
+    assert await s.release_entity_seq("e", 2)
+    assert not await s.release_entity_seq("e", 2)
+    decision = await s.apply_entity_seq("e", 2)  # the retry of 2 applies again
+    assert (decision.verdict, decision.expected) == (EntityVerdict.APPLY, 3)
+    assert not await s.release_entity_seq("never-seen", 1)
+
+
 # -- per-user event log -------------------------------------------------------------------
 async def test_events_keep_order_and_resume_from_any_point(h: Harness) -> None:
     s = h.store
@@ -348,6 +360,51 @@ async def test_failures_retry_then_dead_letter_and_replay(h: Harness) -> None:
     assert await s.dead_letters(10) == []
     [back] = await s.claim("chat", "c", 1, min_idle_s=0)
     assert (back.message_id, back.body, back.attempts) == ("m", b"body", 1)
+
+
+async def test_a_failed_entry_is_retried_in_place_then_buried(h: Harness) -> None:
+    s = h.store
+    entry = await s.enqueue("m", "chat", b"body")
+    assert len(await s.claim("chat", "c", 1, min_idle_s=30)) == 1
+    for attempt in range(2, MAX_ATTEMPTS + 1):
+        assert await s.fail("chat", entry, f"boom {attempt - 1}") == attempt - 1
+        again = await s.retry("chat", entry, "c")
+        assert again is not None
+        assert (again.entry_id, again.message_id, again.body) == (entry, "m", b"body")
+        assert again.attempts == attempt
+        assert await s.claim("chat", "other", 1, min_idle_s=30) == []  # still held
+    assert await s.fail("chat", entry, "last") == MAX_ATTEMPTS  # buried
+    assert await s.retry("chat", entry, "c") is None
+    [dead] = await s.dead_letters(10)
+    assert (dead.attempts, dead.error) == (MAX_ATTEMPTS, "last")
+    assert await s.retry("chat", "999999-0" if "-" in entry else "999999", "c") is None
+
+
+async def test_queue_depth_counts_what_is_not_acknowledged(h: Harness) -> None:
+    s = h.store
+    assert await s.queue_depth("chat") == 0
+    first = await s.enqueue("a", "chat", b"x")
+    await s.enqueue("b", "chat", b"x")
+    await s.enqueue("c", "tasks", b"x")
+    await s.claim("chat", "c", 1, min_idle_s=30)
+    assert (await s.queue_depth("chat"), await s.queue_depth("tasks")) == (2, 1)
+    await s.ack("chat", first)
+    assert await s.queue_depth("chat") == 1
+
+
+async def test_one_holder_delivers_a_queue_until_its_lease_lapses(h: Harness) -> None:
+    other = await h.second()
+    assert await h.store.hold_queue("chat", "a", 0.5)
+    assert await h.store.hold_queue("chat", "a", 0.5)  # renewed
+    assert not await other.hold_queue("chat", "b", 0.5)
+    assert await other.hold_queue("tasks", "b", 0.5)  # another queue
+    h.clock.advance(1)  # SQLite's lease; Redis expires the key on its own clock
+
+    async def taken() -> bool:
+        return await other.hold_queue("chat", "b", 0.5)
+
+    await eventually(taken, "the lapsed lease taken over")
+    assert not await h.store.hold_queue("chat", "a", 0.5)
 
 
 async def test_deliveries_never_acknowledged_end_in_the_dead_letters(h: Harness) -> None:
@@ -483,3 +540,28 @@ async def test_sqlite_file_is_in_wal_mode(tmp_path: Path) -> None:
         assert db.execute("PRAGMA journal_mode").fetchone() == ("wal",)
     finally:
         db.close()
+
+
+async def test_redis_notices_reach_the_other_replicas_only(rh: Harness) -> None:
+    other = await rh.second()
+    notices = other.watch_events()
+    own = rh.store.watch_events()
+    first = asyncio.ensure_future(anext(notices))
+    own_first = asyncio.ensure_future(anext(own))
+    try:
+        # The watcher subscribes on its first step: append until a notice arrives.
+        async with asyncio.timeout(10):
+            while not first.done():
+                seq = await rh.store.append_event("alice", b"x")
+                await asyncio.sleep(0.05)
+        user, noticed = first.result()
+        assert user == "alice" and 1 <= noticed <= seq
+        seq = await other.append_event("bob smith", b"y")  # a space in a user name
+        async with asyncio.timeout(10):
+            assert await own_first == ("bob smith", seq)
+    finally:
+        for task in (first, own_first):
+            task.cancel()
+        await asyncio.gather(first, own_first, return_exceptions=True)
+        await notices.aclose()
+        await own.aclose()
