@@ -9,10 +9,10 @@ carries ``context.reply_to`` = the request's id. The caller's identity is the
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 
-from google.protobuf import struct_pb2
+from google.protobuf import duration_pb2, struct_pb2
 
 from dialog.v1 import message_pb2
 
@@ -24,6 +24,7 @@ TEXT = "text"
 ERROR = "error"
 INTERNAL_ERROR_TEXT = "internal error"
 TIMEOUT_TEXT = "request timed out"
+DEADLINE_TEXT = "deadline exceeded"
 TOO_LARGE_TEXT = "reply too large"
 # Room for the ConverseResponse framing around one message (field tag + length).
 RESPONSE_OVERHEAD_BYTES = 16
@@ -36,6 +37,15 @@ def user_from_metadata(metadata: Iterable[tuple[str, str | bytes]] | None) -> st
             text = value.decode("utf-8", "replace") if isinstance(value, bytes) else value
             return text.strip() or None
     return None
+
+
+def time_left_s(timeouts: Mapping[str, duration_pb2.Duration], msg_id: str) -> float | None:
+    """Seconds the gateway gives message ``msg_id`` (``ConverseRequest.timeouts``), or
+    None when it set no deadline. Never negative."""
+    if not msg_id or msg_id not in timeouts:
+        return None
+    left = timeouts[msg_id]
+    return max(0.0, left.seconds + left.nanos / 1e9)
 
 
 def is_final(msg: Message) -> bool:

@@ -5,7 +5,10 @@ and one task per request message. Subclasses implement ``handle`` and yield
 replies; this class enforces the reply contract of backend.proto, answers a
 repeated request id with the final reply it already got (delivery is at least
 once), bounds concurrency and the outbound queue, and puts a deadline on
-every handler and every write.
+every handler and every write. A handler also stops at the time the gateway
+gives its message (``ConverseRequest.timeouts``): it is cancelled and the
+message is answered ``deadline exceeded``, and not remembered, so that a later
+redelivery of the same id runs again.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import grpc
 
 from adapters.dedup import RecentRequests, Seen
 from adapters.envelope import (
+    DEADLINE_TEXT,
     INTERNAL_ERROR_TEXT,
     RESPONSE_OVERHEAD_BYTES,
     TIMEOUT_TEXT,
@@ -32,6 +36,7 @@ from adapters.envelope import (
     fit_reply,
     is_final,
     stamp,
+    time_left_s,
     user_from_metadata,
 )
 from dialog.backend.v1 import backend_pb2
@@ -118,26 +123,39 @@ class ConverseServicer(abc.ABC):
     async def _read_requests(
         self, request_iterator: AsyncIterator[ConverseRequest], user: str, outbox: Outbox
     ) -> None:
+        loop = asyncio.get_running_loop()
         slots = asyncio.Semaphore(self.limits.max_concurrency)
         async with asyncio.TaskGroup() as handlers:
             async for request in request_iterator:
+                received = loop.time()
                 for msg in request.messages:
+                    left = time_left_s(request.timeouts, msg.id)
+                    deadline = None if left is None else received + left
                     await slots.acquire()
                     handlers.create_task(
-                        self._answer_in_slot(msg, user, outbox, slots), name="converse-handle"
+                        self._answer_in_slot(msg, user, outbox, slots, deadline),
+                        name="converse-handle",
                     )
 
     async def _answer_in_slot(
-        self, msg: Message, user: str, outbox: Outbox, slots: asyncio.Semaphore
+        self,
+        msg: Message,
+        user: str,
+        outbox: Outbox,
+        slots: asyncio.Semaphore,
+        deadline: float | None,
     ) -> None:
         try:
-            await self._answer(msg, user, outbox)
+            await self._answer(msg, user, outbox, deadline)
         finally:
             slots.release()
 
-    async def _answer(self, msg: Message, user: str, outbox: Outbox) -> None:
+    async def _answer(
+        self, msg: Message, user: str, outbox: Outbox, deadline: float | None = None
+    ) -> None:
+        """Answer ``msg`` once per id; ``deadline`` (event-loop time) is the gateway's."""
         if not msg.id:
-            await self._apply(msg, user, outbox)
+            await self._apply(msg, user, outbox, deadline)
             return
         key = (user, msg.id)
         decision = self._recent.begin(user, msg.id)
@@ -157,7 +175,7 @@ class ConverseServicer(abc.ABC):
         self._in_flight.setdefault(key, asyncio.Event())
         final: Message | None = None
         try:
-            final = await self._apply(msg, user, outbox)
+            final = await self._apply(msg, user, outbox, deadline)
         finally:
             if final is None:
                 self._recent.abandon(user, msg.id)
@@ -176,13 +194,27 @@ class ConverseServicer(abc.ABC):
             return False
         return True
 
-    async def _apply(self, msg: Message, user: str, outbox: Outbox) -> Message:
-        """Run the handler and send its replies; returns the final reply sent."""
+    async def _apply(
+        self, msg: Message, user: str, outbox: Outbox, deadline: float | None = None
+    ) -> Message | None:
+        """Run the handler and send its replies; returns the final reply sent, or None
+        when the gateway's deadline cut it short (that answer is not to be remembered)."""
+        now = asyncio.get_running_loop().time()
+        limit = now + self.limits.handle_timeout_s
+        gateway_gives_up_first = deadline is not None and deadline <= limit
+        if deadline is not None and gateway_gives_up_first:
+            limit = deadline
         final: Message | None = None
         try:
-            async with asyncio.timeout(self.limits.handle_timeout_s):
+            if limit <= now:
+                raise TimeoutError  # the gateway has given up already: do not start
+            async with asyncio.timeout_at(limit):
                 final = await self._relay(msg, user, outbox)
         except TimeoutError:
+            if gateway_gives_up_first:
+                logger.info("deadline exceeded", extra={"request_id": msg.id})
+                await self._send(outbox, self._stamp(error_reply(DEADLINE_TEXT), msg))
+                return None
             logger.warning("handler timed out", extra={"request_id": msg.id})
             final = error_reply(TIMEOUT_TEXT)
         except Exception:

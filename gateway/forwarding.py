@@ -1,9 +1,12 @@
 """Forward one message to its back-end and stream the replies back.
 
 ``Upstreams`` belongs to one client connection (a WebSocket, a gRPC stream, an
-HTTP request). It opens one ``BackendStream`` per back-end lazily, retries on
-UNAVAILABLE while the back-end has not answered the message yet, and applies
-the route's timeout.
+HTTP request). It opens one ``BackendStream`` per back-end lazily and applies
+the route's timeout, which the back-end is told as the time left. Every
+attempt asks the back-end's circuit breaker first (an open breaker refuses at
+once, without touching the network) and reports its outcome back. While the
+back-end has not answered the message yet, an UNAVAILABLE attempt is retried,
+if the back-end's retry budget allows it.
 """
 
 from __future__ import annotations
@@ -18,9 +21,11 @@ import grpc
 from dialog.v1 import message_pb2
 from gateway import metrics
 from gateway.backoff import backoff_delay_s
+from gateway.breaker import Outcome
+from gateway.config import BackendConfig
 from gateway.errors import BackendFailed, BackendTimeout, BackendUnavailable, DialogError
 from gateway.translate import is_final
-from gateway.upstream import BackendPool, BackendStream, StreamFailed
+from gateway.upstream import BackendPool, BackendStream, Reply, StreamFailed
 
 RETRYABLE = frozenset({grpc.StatusCode.UNAVAILABLE})
 
@@ -36,6 +41,12 @@ def _error_for(failure: StreamFailed, backend: str) -> DialogError:
     if failure.code == grpc.StatusCode.DEADLINE_EXCEEDED:
         return BackendTimeout(f"back-end {backend!r} timed out")
     return BackendFailed(f"back-end {backend!r} failed: {failure.code.name.lower()}")
+
+
+def _outcome_of(failure: StreamFailed) -> Outcome:
+    """A stream the gateway cancelled itself (its client went away) says nothing of the
+    back-end; any other end before the final reply is the back-end's failure."""
+    return Outcome.ABANDONED if failure.code == grpc.StatusCode.CANCELLED else Outcome.FAILED
 
 
 class Upstreams:
@@ -67,18 +78,21 @@ class Upstreams:
     async def forward(
         self, backend: str, msg: message_pb2.Message
     ) -> AsyncIterator[message_pb2.Message]:
-        """Yield the back-end's replies to ``msg`` up to and including the final one."""
+        """Yield the back-end's replies to ``msg`` up to and including the final one.
+
+        Raises ``BackendUnavailable`` before any reply when the back-end cannot be
+        reached: its circuit breaker is open, or every attempt the retry policy,
+        the timeout and the retry budget allowed failed with UNAVAILABLE.
+        """
         config = self._pool.configs[backend]
         started = time.monotonic()
         deadline = asyncio.get_running_loop().time() + config.timeout_ms / 1000
         code = "OK"
+        self._pool.record_request(backend)
         try:
             for attempt in range(1, config.retry.max_attempts + 1):
-                if attempt > 1:
-                    delay = backoff_delay_s(config.retry, attempt - 1, random.random())
-                    if asyncio.get_running_loop().time() + delay >= deadline:
-                        break
-                    await asyncio.sleep(delay)
+                if attempt > 1 and not await self._wait_to_retry(config, attempt, deadline):
+                    break
                 try:
                     async for reply in self._attempt(backend, msg, started, deadline):
                         yield reply
@@ -94,26 +108,35 @@ class Upstreams:
                 time.monotonic() - started
             )
 
+    async def _wait_to_retry(self, config: BackendConfig, attempt: int, deadline: float) -> bool:
+        """Sleep the back-off before retry ``attempt``; False when the retry must not be
+        made: it would start past the deadline, or the retry budget refuses it."""
+        delay = backoff_delay_s(config.retry, attempt - 1, random.random())
+        if asyncio.get_running_loop().time() + delay >= deadline:
+            return False
+        if not self._pool.allow_retry(config.name):
+            return False
+        await asyncio.sleep(delay)
+        return True
+
     async def _attempt(
         self, backend: str, msg: message_pb2.Message, started: float, deadline: float
     ) -> AsyncIterator[message_pb2.Message]:
-        stream = await self._stream(backend)
-        replies = stream.submit(msg)
+        permit = self._pool.admit(backend)
+        outcome = Outcome.ABANDONED
+        stream: BackendStream | None = None
         answered = False
         try:
+            stream = await self._stream(backend)
+            replies = stream.submit(msg, deadline)
             while True:
-                reply: message_pb2.Message | StreamFailed
-                if replies.empty() and stream.failure is not None:
-                    reply = stream.failure
-                else:
-                    try:
-                        async with asyncio.timeout_at(deadline):
-                            reply = await replies.get()
-                    except TimeoutError:
-                        raise BackendTimeout(
-                            f"back-end {backend!r} did not answer in time"
-                        ) from None
+                try:
+                    reply = await self._next(stream, replies, deadline, backend)
+                except BackendTimeout:
+                    outcome = Outcome.FAILED
+                    raise
                 if isinstance(reply, StreamFailed):
+                    outcome = _outcome_of(reply)
                     if not answered and reply.code in RETRYABLE:
                         raise _Retry(reply)
                     raise _error_for(reply, backend)
@@ -122,11 +145,29 @@ class Upstreams:
                     metrics.FIRST_REPLY_SECONDS.labels(backend=backend).observe(
                         time.monotonic() - started
                     )
-                yield reply
                 if is_final(reply):
+                    # Settled before the yield: the caller may stop at the final reply.
+                    outcome = Outcome.SUCCEEDED
+                    yield reply
                     return
+                yield reply
         finally:
-            stream.forget(msg.id)
+            if stream is not None:
+                stream.forget(msg.id)
+            self._pool.settle(backend, permit, outcome)
+
+    @staticmethod
+    async def _next(
+        stream: BackendStream, replies: asyncio.Queue[Reply], deadline: float, backend: str
+    ) -> Reply:
+        """The next reply or failure for one message; ``BackendTimeout`` at the deadline."""
+        if replies.empty() and stream.failure is not None:
+            return stream.failure
+        try:
+            async with asyncio.timeout_at(deadline):
+                return await replies.get()
+        except TimeoutError:
+            raise BackendTimeout(f"back-end {backend!r} did not answer in time") from None
 
     async def aclose(self) -> None:
         """Cancel every open back-end call of this connection."""

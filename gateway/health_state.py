@@ -122,9 +122,15 @@ class HealthTable:
     def overall_status(self) -> Status:
         return Status.SERVING if self.overall_ok() else Status.NOT_SERVING
 
-    def to_json(self) -> dict[str, Any]:
-        """The ``/health`` body: overall status and one entry per back-end."""
-        return {
-            "status": self.overall_status().value,
-            "backends": {name: b.to_json() for name, b in self._backends.items()},
-        }
+    def to_json(self, breakers: Mapping[str, Mapping[str, Any]] | None = None) -> dict[str, Any]:
+        """The ``/health`` body: overall status and one entry per back-end.
+
+        ``breakers`` (by back-end name) adds each back-end's circuit breaker to its
+        entry, under ``"breaker"``; it does not change the overall status, which is
+        the health checks' verdict.
+        """
+        backends = {name: b.to_json() for name, b in self._backends.items()}
+        for name, breaker in (breakers or {}).items():
+            if name in backends:
+                backends[name]["breaker"] = dict(breaker)
+        return {"status": self.overall_status().value, "backends": backends}

@@ -1,26 +1,41 @@
 """Channels and streams to the back-ends.
 
-``BackendPool`` keeps one mutual-TLS channel per back-end for the whole
-process. ``BackendStream`` is one ``Backend.Converse`` call, opened lazily per
-client connection and back-end; it batches queued messages into one request
-and routes replies to the waiting request by ``context.reply_to``.
+``BackendPool`` keeps, for the whole process, one mutual-TLS channel per
+back-end with its circuit breaker (``gateway.breaker``) and retry budget
+(``gateway.retrybudget``), and publishes their decisions as metrics.
+``BackendStream`` is one ``Backend.Converse`` call, opened lazily per client
+connection and back-end; it batches queued messages into one request, with the
+time each message has left, and routes replies to the waiting request by
+``context.reply_to``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import grpc
+from google.protobuf import duration_pb2
 
 from dialog.backend.v1 import backend_pb2, backend_pb2_grpc
 from dialog.v1 import message_pb2
+from gateway import metrics
+from gateway.breaker import (
+    GAUGE_VALUE,
+    BreakerPolicy,
+    BreakerState,
+    CircuitBreaker,
+    Outcome,
+    Permit,
+)
 from gateway.config import BackendConfig, RoutesConfig
-from gateway.errors import InvalidMessage, Overloaded
+from gateway.errors import BackendUnavailable, InvalidMessage, Overloaded
+from gateway.retrybudget import RetryBudget, RetryBudgetPolicy
 from gateway.translate import is_final
 
 log = logging.getLogger(__name__)
@@ -64,11 +79,31 @@ def channel_options(backend: BackendConfig, max_message_bytes: int) -> list[tupl
 
 
 class BackendPool:
-    """One mutual-TLS channel per named back-end."""
+    """One mutual-TLS channel, circuit breaker and retry budget per named back-end.
 
-    def __init__(self, routes: RoutesConfig, *, max_message_bytes: int, base_dir: Path):
+    ``clock`` (monotonic seconds) times the breakers and budgets; the
+    ``breaker_*`` and ``retry_budget_*`` arguments are the gateway settings of
+    the same names.
+    """
+
+    def __init__(
+        self,
+        routes: RoutesConfig,
+        *,
+        max_message_bytes: int,
+        base_dir: Path,
+        breaker_failures: int = 5,
+        breaker_open_ms: int = 5000,
+        retry_budget_ratio: float = 0.2,
+        retry_budget_min_per_s: float = 10.0,
+        clock: Callable[[], float] = time.monotonic,
+    ):
         self.configs: Mapping[str, BackendConfig] = {b.name: b for b in routes.backends}
         self.channels: dict[str, grpc.aio.Channel] = {}
+        self._clock = clock
+        budget = RetryBudgetPolicy(ratio=retry_budget_ratio, min_per_s=retry_budget_min_per_s)
+        self._breakers: dict[str, CircuitBreaker] = {}
+        self._budgets: dict[str, RetryBudget] = {}
         for b in routes.backends:
             credentials = grpc.ssl_channel_credentials(
                 root_certificates=_read(base_dir, b.ca_file),
@@ -78,10 +113,100 @@ class BackendPool:
             self.channels[b.name] = grpc.aio.secure_channel(
                 b.target, credentials, options=channel_options(b, max_message_bytes)
             )
+            policy = BreakerPolicy(
+                failures=breaker_failures,
+                open_s=breaker_open_ms / 1000,
+                trial_timeout_s=b.timeout_ms / 1000,
+            )
+            self._breakers[b.name] = CircuitBreaker(policy)
+            self._budgets[b.name] = RetryBudget(budget)
+            metrics.BREAKER_STATE.labels(backend=b.name).set(GAUGE_VALUE[BreakerState.CLOSED])
+
+    def accepting(self, backend: str) -> bool:
+        """Whether a call to ``backend`` would be let through now: False while its
+        breaker is open, or half-open with its one trial call in flight. Reserves
+        nothing (the trial goes to the next call): use it to decide whether to try
+        the back-end at all, e.g. before delivering queued messages."""
+        breaker = self._breakers[backend]
+        accepting = breaker.accepting(self._clock())
+        self._publish(backend)
+        return accepting
+
+    def breaker_state(self, backend: str) -> BreakerState:
+        """The state of ``backend``'s circuit breaker now."""
+        state = self._breakers[backend].state(self._clock())
+        self._publish(backend)
+        return state
+
+    def breakers_json(self) -> dict[str, dict[str, Any]]:
+        """Every back-end's breaker as shown in ``/health``, by back-end name."""
+        now = self._clock()
+        states = {name: breaker.to_json(now) for name, breaker in self._breakers.items()}
+        for name in self._breakers:
+            self._publish(name)
+        return states
+
+    def admit(self, backend: str) -> Permit:
+        """Let one call to ``backend`` through, or raise ``BackendUnavailable`` at once,
+        without touching the network, while its breaker refuses calls.
+
+        Every permit must be given back with ``settle``."""
+        permit = self._breakers[backend].admit(self._clock())
+        self._publish(backend)
+        if permit is None:
+            raise BackendUnavailable(f"back-end {backend!r} is unavailable (circuit open)")
+        return permit
+
+    def settle(self, backend: str, permit: Permit, outcome: Outcome) -> None:
+        """Report how the call admitted with ``permit`` ended."""
+        self._breakers[backend].settle(permit, outcome, self._clock())
+        self._publish(backend)
+
+    def record_request(self, backend: str) -> None:
+        """Count a first attempt to ``backend`` in its retry budget."""
+        self._budgets[backend].record_request(self._clock())
+
+    def allow_retry(self, backend: str) -> bool:
+        """Spend one retry of ``backend``'s budget and return True, or return False
+        when retries would exceed it. Either way the decision is counted."""
+        allowed = self._budgets[backend].try_retry(self._clock())
+        outcome = "allowed" if allowed else "denied"
+        metrics.RETRIES.labels(backend=backend, outcome=outcome).inc()
+        return allowed
+
+    def _publish(self, backend: str) -> None:
+        for change in self._breakers[backend].transitions():
+            metrics.BREAKER_STATE.labels(backend=backend).set(GAUGE_VALUE[change.after])
+            metrics.BREAKER_TRANSITIONS.labels(backend=backend, state=change.after.value).inc()
+            level = logging.WARNING if change.after is BreakerState.OPEN else logging.INFO
+            log.log(
+                level,
+                "circuit breaker of %s is %s (was %s): %s",
+                backend,
+                change.after.value,
+                change.before.value,
+                change.reason,
+            )
 
     async def close(self) -> None:
         for channel in self.channels.values():
             await channel.close(grace=None)
+
+
+def time_left_request(
+    batch: list[tuple[message_pb2.Message, float | None]], now: float
+) -> backend_pb2.ConverseRequest:
+    """One request carrying ``batch``, with each deadline as the time left at ``now``.
+
+    A deadline already past is sent as zero: the back-end should not start on it.
+    """
+    request = backend_pb2.ConverseRequest(messages=[msg for msg, _ in batch])
+    for msg, deadline in batch:
+        if deadline is not None and msg.id:
+            left = duration_pb2.Duration()
+            left.FromNanoseconds(max(0, round((deadline - now) * 1e9)))
+            request.timeouts[msg.id].CopyFrom(left)
+    return request
 
 
 class BackendStream:
@@ -104,7 +229,9 @@ class BackendStream:
             metadata.append((CLIENT_METADATA_KEY, client))
         self._call = stub.Converse(metadata=tuple(metadata))
         self._pending: dict[str, asyncio.Queue[Reply]] = {}
-        self._outbox: asyncio.Queue[message_pb2.Message] = asyncio.Queue(OUTBOX_MAX)
+        self._outbox: asyncio.Queue[tuple[message_pb2.Message, float | None]] = asyncio.Queue(
+            OUTBOX_MAX
+        )
         self.failure: StreamFailed | None = None
         self._reader = asyncio.create_task(self._read_loop(), name=f"upstream-read:{backend}")
         self._writer = asyncio.create_task(self._write_loop(), name=f"upstream-write:{backend}")
@@ -113,8 +240,14 @@ class BackendStream:
     def alive(self) -> bool:
         return self.failure is None
 
-    def submit(self, msg: message_pb2.Message) -> asyncio.Queue[Reply]:
-        """Queue ``msg`` for the back-end and return the queue its replies arrive on."""
+    def submit(
+        self, msg: message_pb2.Message, deadline: float | None = None
+    ) -> asyncio.Queue[Reply]:
+        """Queue ``msg`` for the back-end and return the queue its replies arrive on.
+
+        ``deadline`` (event-loop time) is when the gateway gives up on ``msg``; the
+        back-end is told the time left when the message is written.
+        """
         if msg.id in self._pending:
             raise InvalidMessage(f"message {msg.id!r} is already in flight")
         if self._outbox.full():
@@ -124,7 +257,7 @@ class BackendStream:
             replies.put_nowait(self.failure)
             return replies
         self._pending[msg.id] = replies
-        self._outbox.put_nowait(msg)
+        self._outbox.put_nowait((msg, deadline))
         return replies
 
     def forget(self, msg_id: str) -> None:
@@ -132,12 +265,13 @@ class BackendStream:
         self._pending.pop(msg_id, None)
 
     async def _write_loop(self) -> None:
+        loop = asyncio.get_running_loop()
         try:
             while True:
                 batch = [await self._outbox.get()]
                 while not self._outbox.empty() and len(batch) < MAX_BATCH:
                     batch.append(self._outbox.get_nowait())
-                await self._call.write(backend_pb2.ConverseRequest(messages=batch))
+                await self._call.write(time_left_request(batch, loop.time()))
         except grpc.aio.AioRpcError as exc:
             self._fail(exc.code(), exc.details() or "")
         except (grpc.aio.UsageError, asyncio.InvalidStateError):

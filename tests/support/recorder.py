@@ -4,8 +4,9 @@ It is a real ``dialog.backend.v1.Backend`` server (mutual TLS, the shared
 adapter base) started as its own process in place of ``chat``. Each received
 message is appended as one JSON line to ``$RECORDER_FILE``, so a test can prove
 that an attack never reached a back-end. What it answers depends on the text:
-- ``stall``: nothing, until the call is cancelled;
+- ``stall [N]``: N deltas (none by default), then nothing until the call is cancelled;
 - ``flood N [SIZE]``: N deltas (of SIZE characters each), then a final reply;
+- ``sleep MS``: the final reply after MS milliseconds (a slow back-end);
 - anything else: one final ``text`` reply with the same text.
 """
 
@@ -36,8 +37,12 @@ class RecordingServicer(ConverseServicer):
         record = {"user": user, "id": msg.id, "type": msg.content.type, "text": msg.content.text}
         self._log.write(json.dumps(record) + "\n")
         words = msg.content.text.split()
-        if words[:1] == ["stall"]:
+        if words[:1] == ["stall"] and len(words) in (1, 2):
+            for i in range(int(words[1]) if len(words) == 2 else 0):
+                yield message_pb2.Message(content=message_pb2.Content(type="delta", text=str(i)))
             await asyncio.Event().wait()
+        if words[:1] == ["sleep"] and len(words) == 2:
+            await asyncio.sleep(int(words[1]) / 1000)
         if words[:1] == ["flood"] and len(words) in (2, 3):
             padding = "x" * int(words[2]) if len(words) == 3 else ""
             for i in range(int(words[1])):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 import pytest
 
 from adapters.envelope import (
@@ -11,9 +13,11 @@ from adapters.envelope import (
     is_final,
     reply,
     stamp,
+    time_left_s,
     to_struct,
     user_from_metadata,
 )
+from dialog.backend.v1 import backend_pb2
 from dialog.v1 import message_pb2
 
 
@@ -106,3 +110,13 @@ def test_fit_reply_turns_an_oversized_final_into_an_error_with_the_same_address(
 
 def test_fit_reply_drops_an_oversized_delta() -> None:
     assert fit_reply(reply("delta", "x" * 2000), 1024) is None
+
+
+def test_time_left_is_read_by_message_id() -> None:
+    request = backend_pb2.ConverseRequest()
+    request.timeouts["m1"].FromTimedelta(timedelta(milliseconds=1500))
+    request.timeouts["m0"].FromTimedelta(timedelta(0))
+    assert time_left_s(request.timeouts, "m1") == 1.5
+    assert time_left_s(request.timeouts, "m0") == 0.0
+    assert time_left_s(request.timeouts, "other") is None
+    assert time_left_s(request.timeouts, "") is None

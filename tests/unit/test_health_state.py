@@ -181,6 +181,24 @@ def test_to_json_body() -> None:
     assert json.loads(json.dumps(body)) == body
 
 
+def test_to_json_shows_each_breaker_next_to_its_health_without_changing_the_status() -> None:
+    table = HealthTable({"chat": True, "tasks": True})
+    table.record("chat", True, 0.001, T0)
+    table.record("tasks", True, 0.001, T0)
+    breakers = {
+        "chat": {"state": "open", "consecutive_failures": 5, "open_remaining_ms": 1200},
+        "tasks": {"state": "closed", "consecutive_failures": 0, "open_remaining_ms": 0},
+        "unknown": {"state": "open"},
+    }
+    body = table.to_json(breakers)
+    assert body["status"] == "SERVING"
+    assert body["backends"]["chat"]["status"] == "SERVING"
+    assert body["backends"]["chat"]["breaker"] == breakers["chat"]
+    assert body["backends"]["tasks"]["breaker"]["state"] == "closed"
+    assert set(body["backends"]) == {"chat", "tasks"}
+    assert "breaker" not in table.to_json()["backends"]["chat"]
+
+
 def test_to_json_before_any_check() -> None:
     body = HealthTable({"chat": True}).to_json()
     assert body["status"] == "NOT_SERVING"

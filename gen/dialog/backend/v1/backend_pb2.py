@@ -23,19 +23,24 @@ _sym_db = _symbol_database.Default()
 
 
 from dialog.v1 import message_pb2 as dialog_dot_v1_dot_message__pb2
+from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1f\x64ialog/backend/v1/backend.proto\x12\x11\x64ialog.backend.v1\x1a\x17\x64ialog/v1/message.proto\"7\n\x0f\x43onverseRequest\x12$\n\x08messages\x18\x01 \x03(\x0b\x32\x12.dialog.v1.Message\"8\n\x10\x43onverseResponse\x12$\n\x08messages\x18\x01 \x03(\x0b\x32\x12.dialog.v1.Message2b\n\x07\x42\x61\x63kend\x12W\n\x08\x43onverse\x12\".dialog.backend.v1.ConverseRequest\x1a#.dialog.backend.v1.ConverseResponse(\x01\x30\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1f\x64ialog/backend/v1/backend.proto\x12\x11\x64ialog.backend.v1\x1a\x17\x64ialog/v1/message.proto\x1a\x1egoogle/protobuf/duration.proto\"\xc7\x01\n\x0f\x43onverseRequest\x12$\n\x08messages\x18\x01 \x03(\x0b\x32\x12.dialog.v1.Message\x12\x42\n\x08timeouts\x18\x02 \x03(\x0b\x32\x30.dialog.backend.v1.ConverseRequest.TimeoutsEntry\x1aJ\n\rTimeoutsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12(\n\x05value\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration:\x02\x38\x01\"8\n\x10\x43onverseResponse\x12$\n\x08messages\x18\x01 \x03(\x0b\x32\x12.dialog.v1.Message2b\n\x07\x42\x61\x63kend\x12W\n\x08\x43onverse\x12\".dialog.backend.v1.ConverseRequest\x1a#.dialog.backend.v1.ConverseResponse(\x01\x30\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'dialog.backend.v1.backend_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_CONVERSEREQUEST']._serialized_start=79
-  _globals['_CONVERSEREQUEST']._serialized_end=134
-  _globals['_CONVERSERESPONSE']._serialized_start=136
-  _globals['_CONVERSERESPONSE']._serialized_end=192
-  _globals['_BACKEND']._serialized_start=194
-  _globals['_BACKEND']._serialized_end=292
+  _globals['_CONVERSEREQUEST_TIMEOUTSENTRY']._loaded_options = None
+  _globals['_CONVERSEREQUEST_TIMEOUTSENTRY']._serialized_options = b'8\001'
+  _globals['_CONVERSEREQUEST']._serialized_start=112
+  _globals['_CONVERSEREQUEST']._serialized_end=311
+  _globals['_CONVERSEREQUEST_TIMEOUTSENTRY']._serialized_start=237
+  _globals['_CONVERSEREQUEST_TIMEOUTSENTRY']._serialized_end=311
+  _globals['_CONVERSERESPONSE']._serialized_start=313
+  _globals['_CONVERSERESPONSE']._serialized_end=369
+  _globals['_BACKEND']._serialized_start=371
+  _globals['_BACKEND']._serialized_end=469
 # @@protoc_insertion_point(module_scope)
