@@ -1,4 +1,9 @@
-"""Run the gateway process: the gRPC server, the HTTPS server and the health monitor."""
+"""Run the gateway process: the gRPC server, the HTTPS server and the health monitor.
+
+SIGTERM and SIGINT drain the process (``gateway.lifecycle``): health turns NOT_SERVING,
+new work is refused, work in flight finishes or is cancelled and reported at the
+deadline, connections close, and ``serve`` returns within ``DRAIN_TIMEOUT_S``.
+"""
 
 from __future__ import annotations
 
@@ -10,19 +15,64 @@ import ssl
 from collections.abc import Iterator
 from pathlib import Path
 
+import grpc
 import uvicorn
 from grpc_health.v1.health import aio as health_aio  # type: ignore[attr-defined]
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 
 from gateway.config import GatewayConfig
 from gateway.grpc.server import build_grpc_server
 from gateway.health import HealthMonitor
 from gateway.http.app import build_admin_app, build_app
 from gateway.http.protocol import guarded_protocol
+from gateway.lifecycle import Drain
 from gateway.service import DialogService
 from gateway.tls import PublicTls, TlsFiles, reload_on_request
 
 log = logging.getLogger(__name__)
-GRACE_S = 5.0
+# uvicorn's last wait for its connections once the listeners close; by then the drain
+# has ended them, and this only bounds a peer that does not finish the close.
+LISTENER_GRACE_S = 1
+
+
+class KeepaliveWebSocketProtocol(WebSocketsSansIOProtocol):
+    """uvicorn's sans-I/O WebSocket protocol; a peer that misses its pong is dropped at once.
+
+    On a missed pong uvicorn sends close 1011 and closes the transport gracefully, but
+    over TLS a graceful close waits up to 30 s for the peer's close_notify, and until then
+    the application does not learn that the connection is gone. A peer that did not answer
+    a ping will not answer that either: the connection is failed (RFC 6455 section 7.1.7)
+    by aborting the transport, which tells the application at once.
+    """
+
+    def keepalive_timeout(self) -> None:
+        super().keepalive_timeout()
+        if not self.disconnected:
+            self.transport.abort()
+
+
+class CloseWhileDraining:
+    """ASGI wrapper: while the process drains, HTTP responses carry ``Connection: close``
+    (RFC 9112 section 9.6), so that a client opens a new connection for its next request,
+    which is then refused cleanly, instead of reusing one that the drain is about to close."""
+
+    def __init__(self, app: ASGIApp, drain: Drain):
+        self._app = app
+        self._drain = drain
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self._app(scope, receive, send)
+            return
+
+        async def send_closing(message: Message) -> None:
+            if message["type"] == "http.response.start" and self._drain.draining:
+                headers = [*message.get("headers", ()), (b"connection", b"close")]
+                message = {**message, "headers": headers}
+            await send(message)
+
+        await self._app(scope, receive, send_closing)
 
 
 class _HttpServer(uvicorn.Server):
@@ -46,15 +96,16 @@ def http_config(
         app,  # type: ignore[arg-type]
         host=config.host,
         port=port,
-        ws="websockets-sansio",
+        ws=KeepaliveWebSocketProtocol,
         http=guarded_protocol(config.max_header_bytes, config.head_timeout_ms / 1000),
         lifespan="off",
         log_config=None,
         access_log=False,
         ws_max_size=config.max_message_bytes,
-        ws_ping_interval=20.0,
-        ws_ping_timeout=20.0,
-        timeout_graceful_shutdown=int(GRACE_S),
+        # 0 turns keepalive pings off (interval) or never closes a silent peer (timeout).
+        ws_ping_interval=float(config.ws_ping_interval_s) or None,
+        ws_ping_timeout=float(config.ws_ping_timeout_s) or None,
+        timeout_graceful_shutdown=LISTENER_GRACE_S,
         server_header=False,
         # The gateway is the edge: it never trusts X-Forwarded-* from a client.
         proxy_headers=False,
@@ -66,7 +117,8 @@ def http_config(
 async def serve(
     config: GatewayConfig, base_dir: Path = Path("."), ready: asyncio.Event | None = None
 ) -> None:
-    """Serve until SIGINT or SIGTERM; SIGHUP reloads the TLS certificates."""
+    """Serve until SIGINT or SIGTERM, then drain and return within ``DRAIN_TIMEOUT_S``;
+    SIGHUP reloads the TLS certificates."""
     # Read the certificates first: unusable files stop the start before anything opens.
     tls = PublicTls(TlsFiles.from_config(config, base_dir)) if config.tls else None
     service = DialogService(config, base_dir=base_dir)
@@ -79,17 +131,12 @@ async def serve(
         timeout_ms=config.health_timeout_ms,
         servicer=health_servicer,
         ready=service.authenticator.jwks_available,
+        store=service.store_ok,
     )
     grpc_server, grpc_port = build_grpc_server(
         service, health_servicer, credentials=tls.grpc_credentials() if tls else None
     )
-    context = tls.http_context if tls else None
-    servers = [
-        _HttpServer(http_config(config, build_app(service, monitor), context, port=config.port))
-    ]
-    if config.admin_port:
-        admin = build_admin_app(service, monitor)
-        servers.append(_HttpServer(http_config(config, admin, None, port=config.admin_port)))
+    servers = _http_servers(config, service, monitor, tls)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -98,12 +145,16 @@ async def serve(
     loop.add_signal_handler(signal.SIGHUP, reload_requested.set)
     await grpc_server.start()
     async with asyncio.TaskGroup() as tasks:
-        health_task = tasks.create_task(monitor.run(), name="health-monitor")
+        stop_task = tasks.create_task(stop.wait(), name="stop-signal")
+        background = [
+            tasks.create_task(monitor.run(), name="health-monitor"),
+            tasks.create_task(reload_on_request(tls, reload_requested), name="tls-reload"),
+            stop_task,
+        ]
         http_tasks = {
             tasks.create_task(server.serve(), name=f"http-server:{server.config.port}")
             for server in servers
         }
-        reload_task = tasks.create_task(reload_on_request(tls, reload_requested), name="tls-reload")
         scheme = "https" if config.tls else "http"
         log.info(
             "gateway listening: %s://%s:%d (HTTP, WebSocket) and %s:%d (gRPC)",
@@ -115,13 +166,43 @@ async def serve(
         )
         if ready is not None:
             ready.set()
-        stop_task = tasks.create_task(stop.wait(), name="stop-signal")
         await asyncio.wait({stop_task, *http_tasks}, return_when=asyncio.FIRST_COMPLETED)
-        log.info("shutting down")
-        for server in servers:
-            server.should_exit = True
-        await grpc_server.stop(GRACE_S)
-        health_task.cancel()
-        reload_task.cancel()
-        stop_task.cancel()
+        await _drain(service.drain, health_servicer, grpc_server, servers)
+        for task in background:
+            task.cancel()
     await service.close()
+
+
+def _http_servers(
+    config: GatewayConfig, service: DialogService, monitor: HealthMonitor, tls: PublicTls | None
+) -> list[_HttpServer]:
+    """The public HTTPS server, and the admin one when ``ADMIN_PORT`` is set."""
+    context = tls.http_context if tls else None
+    app = CloseWhileDraining(build_app(service, monitor), service.drain)
+    servers = [_HttpServer(http_config(config, app, context, port=config.port))]
+    if config.admin_port:
+        admin = CloseWhileDraining(build_admin_app(service, monitor), service.drain)
+        servers.append(_HttpServer(http_config(config, admin, None, port=config.admin_port)))
+    return servers
+
+
+async def _drain(
+    drain: Drain,
+    health_servicer: health_aio.HealthServicer,
+    grpc_server: grpc.aio.Server,
+    servers: list[_HttpServer],
+) -> None:
+    """Drain, then close the listeners with what is left of ``DRAIN_TIMEOUT_S``.
+
+    The listeners stay open while the process drains, so that health checks see
+    NOT_SERVING and new work gets a clear refusal instead of a refused connection.
+    """
+    drain.begin()
+    # From now on the gRPC health service reports NOT_SERVING, whatever the monitor finds.
+    await health_servicer.enter_graceful_shutdown()
+    await drain.settle()
+    await drain.connections_closed()
+    log.info("closing the listeners")
+    for server in servers:
+        server.should_exit = True
+    await grpc_server.stop(drain.remaining_s())

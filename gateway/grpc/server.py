@@ -1,6 +1,16 @@
-"""The public gRPC server: ``dialog.v1.Gateway``, ``grpc.health.v1.Health`` and reflection."""
+"""The public gRPC server: ``dialog.v1.Gateway``, ``grpc.health.v1.Health`` and reflection.
+
+``DrainGate`` applies the process's drain (``gateway.lifecycle``) to ``dialog.v1.Gateway``:
+once it has begun, new calls are refused with UNAVAILABLE; a ``Converse`` stream goes on
+reading (each new message is refused on its own) until the drain closes, then ends with
+UNAVAILABLE once its messages in flight are answered; a ``Subscribe`` stream ends with
+UNAVAILABLE when the drain closes. Health and reflection keep answering meanwhile.
+"""
 
 from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, TypeAlias
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -9,11 +19,96 @@ from grpc_reflection.v1alpha import reflection
 
 from dialog.v1 import gateway_pb2, gateway_pb2_grpc
 from gateway.config import GatewayConfig
+from gateway.errors import Draining
+from gateway.grpc.errors import Context, abort
 from gateway.grpc.interceptors import AuthenticatedReflection
 from gateway.grpc.servicer import GatewayServicer
+from gateway.lifecycle import REFUSED, Drain, Phase
 from gateway.service import DialogService
 
 MAX_STREAMS_PER_CONNECTION = 100
+GATEWAY_PREFIX = "/dialog.v1.Gateway/"
+# Subscriptable in the type stubs only.
+Handler: TypeAlias = "grpc.RpcMethodHandler[Any, Any]"
+
+
+class DrainGate(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
+    """``dialog.v1.Gateway`` calls during the drain (see the module docstring)."""
+
+    def __init__(self, drain: Drain):
+        self._drain = drain
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Handler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> Handler:
+        handler = await continuation(handler_call_details)
+        method = handler_call_details.method
+        if handler is None or not method.startswith(GATEWAY_PREFIX):
+            return handler
+        if self._drain.draining:
+            return _refusal(handler)
+        if method == GATEWAY_PREFIX + "Converse":
+            return grpc.stream_stream_rpc_method_handler(
+                self._converse(handler.stream_stream),
+                handler.request_deserializer,
+                handler.response_serializer,
+            )
+        if method == GATEWAY_PREFIX + "Subscribe":
+            return grpc.unary_stream_rpc_method_handler(
+                self._subscribe(handler.unary_stream),
+                handler.request_deserializer,
+                handler.response_serializer,
+            )
+        return handler
+
+    def _converse(self, behavior: Any) -> Any:
+        drain = self._drain
+
+        async def converse(requests: AsyncIterator[Any], context: Context) -> AsyncIterator[Any]:
+            # The requests end when the drain closes: the servicer then answers what is in
+            # flight, and ends.
+            async for response in behavior(drain.until(Phase.CLOSING, requests), context):
+                yield response
+            if drain.phase is Phase.CLOSING:
+                await abort(context, Draining(REFUSED))
+
+        return converse
+
+    def _subscribe(self, behavior: Any) -> Any:
+        drain = self._drain
+
+        async def subscribe(request: Any, context: Context) -> AsyncIterator[Any]:
+            async for response in drain.until(Phase.CLOSING, behavior(request, context)):
+                yield response
+            if drain.phase is Phase.CLOSING:
+                await abort(context, Draining(REFUSED))
+
+        return subscribe
+
+
+def _refusal(handler: Handler) -> Handler:
+    """A handler of the same shape as ``handler`` that refuses the call: the drain began."""
+
+    async def refuse(request: Any, context: Context) -> None:
+        await abort(context, Draining(REFUSED, retry_after_s=1))
+
+    if handler.request_streaming and handler.response_streaming:
+        return grpc.stream_stream_rpc_method_handler(
+            refuse, handler.request_deserializer, handler.response_serializer
+        )
+    if handler.response_streaming:
+        return grpc.unary_stream_rpc_method_handler(
+            refuse, handler.request_deserializer, handler.response_serializer
+        )
+    if handler.request_streaming:
+        return grpc.stream_unary_rpc_method_handler(
+            refuse, handler.request_deserializer, handler.response_serializer
+        )
+    return grpc.unary_unary_rpc_method_handler(
+        refuse, handler.request_deserializer, handler.response_serializer
+    )
 
 
 def build_grpc_server(
@@ -26,7 +121,7 @@ def build_grpc_server(
     ``gateway.tls.PublicTls``) or in plaintext when None; returns it with the bound port."""
     config: GatewayConfig = service.config
     server = grpc.aio.server(
-        interceptors=[AuthenticatedReflection(service)],
+        interceptors=[AuthenticatedReflection(service), DrainGate(service.drain)],
         options=[
             ("grpc.max_receive_message_length", config.max_message_bytes),
             ("grpc.max_send_message_length", config.max_message_bytes),
