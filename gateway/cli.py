@@ -28,6 +28,10 @@ from gateway.logs import setup_logging
 
 log = logging.getLogger("dialog_gateway")
 BACKENDS = ("chat", "tasks")
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+# The gateway drains within DRAIN_TIMEOUT_S; this covers its start-up and shutdown.
+GATEWAY_STOP_MARGIN_S = 5.0
+BACKEND_STOP_S = 10.0
 
 
 def environment(base_dir: Path) -> dict[str, str]:
@@ -71,6 +75,22 @@ def cmd_backend(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     else:
         from adapters.tasks.server import run
     return run_adapter(run, env)
+
+
+def cmd_dead_letters(args: argparse.Namespace, env: Mapping[str, str]) -> int:
+    from gateway.deadletters import dead_letters
+    from gateway.errors import StoreUnavailable
+
+    config = _config(env)
+    try:
+        lines = asyncio.run(
+            dead_letters(config, Path.cwd(), replay=args.replay or "", limit=args.limit)
+        )
+    except (LookupError, StoreUnavailable) as exc:
+        raise SystemExit(f"dialog-gateway: {exc}") from None
+    for line in lines:
+        print(line)
+    return 0
 
 
 def cmd_certs(args: argparse.Namespace, env: Mapping[str, str]) -> int:
@@ -141,34 +161,55 @@ def cmd_chat(args: argparse.Namespace, env: Mapping[str, str]) -> int:
 
 
 def cmd_up(args: argparse.Namespace, env: Mapping[str, str]) -> int:
-    """Start the reference back-ends and the gateway; stop them all on Ctrl-C."""
-    _config(env)
+    """Start the reference back-ends and the gateway. Ctrl-C, SIGTERM or SIGHUP stops the
+    gateway first (it drains within DRAIN_TIMEOUT_S), then the back-ends; a second one
+    kills what is still running."""
+    config = _config(env)
     exe = [sys.executable, "-m", "gateway"]
     commands = [[*exe, "backend", name] for name in BACKENDS] + [[*exe, "serve"]]
-    children = [subprocess.Popen(cmd, env=dict(env)) for cmd in commands]
+    # A process group of their own: a Ctrl-C in the terminal reaches only this process,
+    # which stops the children in order (the back-ends must outlive the gateway's drain).
+    children = [subprocess.Popen(cmd, env=dict(env), process_group=0) for cmd in commands]
     for command, child in zip(commands, children, strict=True):
         log.info("started %s (pid %d)", " ".join(command[3:]), child.pid)
+    signals: list[int] = []
 
-    def stop(*_: object) -> None:
-        for child in children:
-            if child.poll() is None:
-                child.send_signal(signal.SIGTERM)
+    def hurry() -> bool:
+        return len(signals) > 1
 
-    signal.signal(signal.SIGINT, stop)
-    signal.signal(signal.SIGTERM, stop)
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, lambda signum, _frame: signals.append(signum))
     code = 0
     try:
-        while all(child.poll() is None for child in children):
+        while not signals and all(child.poll() is None for child in children):
             time.sleep(0.2)
         code = next((c.returncode for c in children if c.returncode not in (None, 0)), 0)
     finally:
-        stop()
-        for child in children:
-            try:
-                child.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                child.kill()
+        log.info("stopping the gateway (it drains for at most %d s)", config.drain_timeout_s)
+        _stop(children[-1:], config.drain_timeout_s + GATEWAY_STOP_MARGIN_S, hurry)
+        log.info("stopping the back-ends")
+        _stop(children[:-1], BACKEND_STOP_S, hurry)
     return code
+
+
+def _stop(
+    children: list[subprocess.Popen[bytes]], timeout_s: float, hurry: Callable[[], bool]
+) -> None:
+    """SIGTERM to each child still running; wait for them up to ``timeout_s`` (or until
+    ``hurry()``), then kill what is left."""
+    for child in children:
+        if child.poll() is None:
+            child.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + timeout_s
+    while any(c.poll() is None for c in children) and time.monotonic() < deadline:
+        if hurry():
+            break
+        time.sleep(0.1)
+    for child in children:
+        if child.poll() is None:
+            log.warning("killing pid %d: it did not stop in time", child.pid)
+            child.kill()
+            child.wait()
 
 
 def _client_args(p: argparse.ArgumentParser) -> None:
@@ -192,6 +233,10 @@ def build_parser() -> argparse.ArgumentParser:
         "token": (cmd_token, "print a short-lived development token"),
         "send": (cmd_send, "send one message over WebSocket and print the streamed reply"),
         "chat": (cmd_chat, "interactive WebSocket chat"),
+        "dead-letters": (
+            cmd_dead_letters,
+            "list the messages that used up their delivery attempts (JSON lines), or replay one",
+        ),
     }
     for name, (func, help_text) in commands.items():
         p = sub.add_parser(name, help=help_text, description=help_text)
@@ -214,6 +259,9 @@ def build_parser() -> argparse.ArgumentParser:
         elif name == "send":
             p.add_argument("text", help="message text")
             _client_args(p)
+        elif name == "dead-letters":
+            p.add_argument("--replay", metavar="ENTRY_ID", help="queue this dead letter again")
+            p.add_argument("--limit", type=int, default=100, help="at most this many (100)")
         elif name == "chat":
             _client_args(p)
             p.epilog = CHAT_HELP

@@ -20,7 +20,7 @@ from dialog.v1 import message_pb2
 from gateway.auth import Identity
 from gateway.errors import DialogError, Internal
 from gateway.service import Admission, DialogService
-from gateway.translate import make_ack, make_error
+from gateway.translate import is_queued, make_ack, make_error
 
 log = logging.getLogger(__name__)
 
@@ -32,11 +32,23 @@ Send = Callable[[message_pb2.Message], Awaitable[None]]
 class Conversation:
     """The shared engine behind a WebSocket and a gRPC ``Converse`` stream."""
 
-    def __init__(self, service: DialogService, identity: Identity, surface: str, send: Send):
+    def __init__(
+        self,
+        service: DialogService,
+        identity: Identity,
+        surface: str,
+        send: Send,
+        *,
+        on_admit: Callable[[message_pb2.Message], None] | None = None,
+    ):
+        """With ``on_admit`` (told each admitted message) the connection also carries the
+        user's event stream, which brings the replies: only acks, errors and replays
+        are sent from here."""
         self._service = service
         self._identity = identity
         self._surface = surface
         self._send = send
+        self._on_admit = on_admit
         self._upstreams = service.upstreams(identity)
         self._slots = asyncio.Semaphore(MAX_IN_FLIGHT)
         self._tasks: set[asyncio.Task[None]] = set()
@@ -71,6 +83,8 @@ class Conversation:
         except DialogError as exc:
             await self.fail(exc, msg.id)
             return
+        if self._on_admit is not None and admission.replay is None:
+            self._on_admit(admission.stored)
         await self._slots.acquire()
         name = f"answer:{admission.stored.id}"
         task = asyncio.create_task(self._answer(admission), name=name)
@@ -81,8 +95,10 @@ class Conversation:
         msg = admission.stored
         try:
             await self._send(make_ack(msg, replay=admission.replay is not None))
+            direct = self._on_admit is None or admission.replay is not None
             async for reply in self._service.replies(self._upstreams, self._identity, admission):
-                await self._send(reply)
+                if direct or is_queued(reply):
+                    await self._send(reply)
         except DialogError as exc:
             await self._report(exc, msg.id)
         except Exception:

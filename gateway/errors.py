@@ -22,14 +22,22 @@ class DialogError(Exception):
     http_status: ClassVar[int] = 500
     ws_close: ClassVar[int | None] = 1011
 
-    def __init__(self, message: str = "internal error", *, retry_after_s: float | None = None):
+    def __init__(
+        self,
+        message: str = "internal error",
+        *,
+        retry_after_s: float | None = None,
+        details: dict[str, int | str] | None = None,
+    ):
         super().__init__(message)
         self.message = message
         self.retry_after_s = retry_after_s
+        self.details = details or {}
 
     def to_json(self) -> dict[str, object]:
-        """The JSON error body shared by every surface."""
-        return {"error": {"code": self.code, "message": self.message}}
+        """The JSON error body shared by every surface (``details`` join ``code`` and
+        ``message``, e.g. ``expected_seq``)."""
+        return {"error": {**self.details, "code": self.code, "message": self.message}}
 
 
 class InvalidMessage(DialogError):
@@ -93,6 +101,22 @@ class IdempotencyConflict(DialogError):
     grpc_status = "ALREADY_EXISTS"
     http_status = 409
     ws_close = None
+
+
+class OutOfOrder(DialogError):
+    """A message skipped part of its entity's order; ``expected_seq`` says what is due."""
+
+    code = "failed_precondition"
+    grpc_status = "FAILED_PRECONDITION"
+    http_status = 409
+    ws_close = None
+
+    @classmethod
+    def expecting(cls, entity: str, expected_seq: int) -> OutOfOrder:
+        return cls(
+            f"entity {entity!r} expects seq {expected_seq} next; send the missing messages first",
+            details={"expected_seq": expected_seq},
+        )
 
 
 class NoRoute(DialogError):
@@ -185,6 +209,17 @@ class StoreUnavailable(DialogError):
     ws_close = 1013
 
 
+class Draining(DialogError):
+    """The gateway is shutting down: it takes no new work, and a message it could not
+    finish before the drain deadline is cancelled. Reconnect (and resend what was not
+    answered). On a WebSocket, an error frame per message, then close 1001 "reconnect"."""
+
+    code = "draining"
+    grpc_status = "UNAVAILABLE"
+    http_status = 503
+    ws_close = 1001
+
+
 class Internal(DialogError):
     """An unexpected failure. Its details are logged, never shown."""
 
@@ -197,6 +232,7 @@ ERROR_CLASSES: tuple[type[DialogError], ...] = (
     RequestHeadTooLarge,
     NotFound,
     IdempotencyConflict,
+    OutOfOrder,
     NoRoute,
     RateLimited,
     TooManyConnections,
@@ -207,6 +243,7 @@ ERROR_CLASSES: tuple[type[DialogError], ...] = (
     Overloaded,
     ServerBusy,
     StoreUnavailable,
+    Draining,
     Internal,
 )
 

@@ -18,7 +18,7 @@ import asyncio
 import inspect
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -72,8 +72,11 @@ class HealthMonitor:
         servicer: health_aio.HealthServicer | None = None,
         clock: Callable[[], float] = time.time,
         ready: Callable[[], bool] = lambda: True,
+        store: Callable[[], Awaitable[bool]] | None = None,
     ) -> None:
-        """``ready`` is a further condition of overall health (the key set has loaded)."""
+        """``ready`` is a further condition of overall health (the key set has loaded);
+        ``store`` pings the message store each round (a store that does not answer makes
+        the gateway NOT_SERVING: it can accept nothing)."""
         if set(channels) != set(required):
             raise ValueError(
                 f"health: channels {sorted(channels)} and required {sorted(required)} differ"
@@ -94,6 +97,8 @@ class HealthMonitor:
         self._servicer = servicer
         self._clock = clock
         self._ready = ready
+        self._store = store
+        self._store_status = Status.UNKNOWN
 
     async def run(self) -> None:
         """Check all back-ends every ``interval_ms`` until cancelled.
@@ -115,17 +120,27 @@ class HealthMonitor:
                 group.create_task(self._probe(name), name=f"health-check-{name}")
                 for name in self._checks
             ]
+            store = group.create_task(self._probe_store(), name="health-check-store")
         for probe in probes:
             self._record(probe.result())
+        self._record_store(store.result())
         await self._publish()
 
-    def snapshot(self) -> dict[str, Any]:
-        """The ``/health`` JSON body (see ``HealthTable.to_json``)."""
-        return self._table.to_json()
+    def snapshot(self, breakers: Mapping[str, Mapping[str, Any]] | None = None) -> dict[str, Any]:
+        """The ``/health`` JSON body (see ``HealthTable.to_json``), with each back-end's
+        circuit breaker when ``breakers`` is given (``BackendPool.breakers_json``)."""
+        body = self._table.to_json(breakers)
+        if self._store is not None:
+            body["store"] = {"status": self._store_status.value}
+            if self._store_status is not Status.SERVING:
+                body["status"] = Status.NOT_SERVING.value
+        return body
 
     def overall_ok(self) -> bool:
-        """True when every required back-end is SERVING and ``ready()`` holds."""
-        return self._table.overall_ok() and self._ready()
+        """True when every required back-end and the store are SERVING and ``ready()``
+        holds."""
+        store_ok = self._store is None or self._store_status is Status.SERVING
+        return self._table.overall_ok() and store_ok and self._ready()
 
     def backend(self, name: str) -> BackendHealth:
         """The current record of one back-end; ``KeyError`` if unknown."""
@@ -149,6 +164,26 @@ class HealthMonitor:
             ok = reply.status == health_pb2.HealthCheckResponse.SERVING
             return _CheckEnded(name, ok, loop.time() - started, f"reported {status}")
         return _CheckEnded(name, False, loop.time() - started, reason)
+
+    async def _probe_store(self) -> Status:
+        if self._store is None:
+            return Status.UNKNOWN
+        try:
+            async with asyncio.timeout(self._timeout_s):
+                ok = await self._store()
+        except TimeoutError:
+            ok = False
+        return Status.SERVING if ok else Status.NOT_SERVING
+
+    def _record_store(self, status: Status) -> None:
+        if self._store is None or status is self._store_status:
+            return
+        if status is Status.SERVING:
+            log.info("message store is SERVING (was %s)", self._store_status.value)
+        else:
+            log.warning("message store is NOT_SERVING: it does not answer")
+        self._store_status = status
+        metrics.STORE_UP.set(1 if status is Status.SERVING else 0)
 
     def _record(self, ended: _CheckEnded) -> None:
         before = self._table[ended.name].status

@@ -132,3 +132,68 @@ DUPLICATES = Counter(
     ["surface"],
     registry=REGISTRY,
 )
+
+EVENT_LOG_READS = Counter(
+    "dialog_event_log_reads_total",
+    "Reads of a user's event log by a subscriber catching up (resume, other replicas, lag)",
+    registry=REGISTRY,
+)
+
+ENTITY_ORDER = Counter(
+    "dialog_entity_messages_total",
+    "Messages with context.entity and seq, by the ordering verdict",
+    ["verdict"],
+    registry=REGISTRY,
+)
+
+QUEUED = Counter(
+    "dialog_messages_queued_total",
+    "Messages kept in the durable inbound queue because their back-end was unavailable",
+    ["backend"],
+    registry=REGISTRY,
+)
+
+REDELIVERIES = Counter(
+    "dialog_redeliveries_total",
+    "Deliveries of queued messages, by outcome (delivered, failed, dead)",
+    ["backend", "outcome"],
+    registry=REGISTRY,
+)
+
+BREAKER_STATE = Gauge(
+    "dialog_backend_breaker_state",
+    "State of the back-end's circuit breaker: 0 closed, 1 half-open, 2 open.",
+    ["backend"],
+    registry=REGISTRY,
+)
+BREAKER_TRANSITIONS = Counter(
+    "dialog_backend_breaker_transitions_total",
+    "State changes of the back-end's circuit breaker, by the state entered "
+    "(closed, half_open, open).",
+    ["backend", "state"],
+    registry=REGISTRY,
+)
+RETRIES = Counter(
+    "dialog_backend_retries_total",
+    "Retries to a back-end, by the retry budget's decision (allowed, denied).",
+    ["backend", "outcome"],
+    registry=REGISTRY,
+)
+
+DRAINING = Gauge(
+    "dialog_gateway_draining",
+    "1 while the gateway drains before it stops (SIGTERM or SIGINT), else 0.",
+    registry=REGISTRY,
+)
+DRAIN_CANCELLED = Counter(
+    "dialog_gateway_drain_cancelled_total",
+    "Messages still waiting for their back-end at the drain deadline: cancelled, and "
+    "reported to their clients as errors.",
+    registry=REGISTRY,
+)
+
+STORE_UP = Gauge(
+    "dialog_gateway_store_up",
+    "1 while the message store (SQLite or Redis) answers the health check, else 0",
+    registry=REGISTRY,
+)

@@ -173,12 +173,15 @@ def _health_schema() -> dict[str, Any]:
             "failures_total": {"type": "integer", "minimum": 0},
         },
     }
+    overall = {"type": "string", "enum": [*(s.value for s in Status), "DRAINING"]}
+    store = {"type": "object", "required": ["status"], "properties": {"status": status}}
     return {
         "type": "object",
         "required": ["status", "backends"],
         "properties": {
-            "status": status,
+            "status": overall,
             "backends": {"type": "object", "additionalProperties": backend},
+            "store": store,
             "jwks": {"type": "object", "description": "present when a JWKS is configured"},
         },
     }
@@ -229,10 +232,16 @@ def _post_messages() -> dict[str, Any]:
         "properties": {
             "message": _ref("Message"),
             "replies": {"type": "array", "items": _ref("Message")},
+            "status": {"type": "string", "enum": ["queued"]},
         },
     }
     ok = _json("the stored message and its final replies and events (no deltas)", answer)
     ok["content"].update(SSE)  # with Accept: text/event-stream: ack, then every reply
+    queued = _json(
+        "the back-end is unavailable: the message is queued durably and will be delivered;"
+        " its replies go to the event stream",
+        answer,
+    )
     failures = (400, 401, 403, 404, 408, 409, 413, 429, 431, 502, 503, 504)
     return {
         "summary": "Send one message; get the stored message and its final replies",
@@ -252,7 +261,7 @@ def _post_messages() -> dict[str, Any]:
                 "application/json": {"schema": _ref("Message" + INPUT), "examples": EXAMPLES}
             },
         },
-        "responses": _responses(*failures, ok=ok),
+        "responses": {**_responses(*failures, ok=ok), "202": queued},
     }
 
 

@@ -37,29 +37,3 @@ class SlidingWindow:
         horizon = now_s - self.window_s
         for key in [k for k, t in self._events.items() if not t or t[-1] <= horizon]:
             del self._events[key]
-
-
-@dataclass
-class ConnectionCounter:
-    """Open connections per key, with a per-key maximum."""
-
-    limit: int
-    _open: dict[str, int] = field(default_factory=dict)
-
-    def try_open(self, key: str) -> bool:
-        """Count one more connection for ``key``, or return False at the limit."""
-        count = self._open.get(key, 0)
-        if count >= self.limit:
-            return False
-        self._open[key] = count + 1
-        return True
-
-    def close(self, key: str) -> None:
-        count = self._open.get(key, 0) - 1
-        if count > 0:
-            self._open[key] = count
-        else:
-            self._open.pop(key, None)
-
-    def count(self, key: str) -> int:
-        return self._open.get(key, 0)

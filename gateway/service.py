@@ -7,8 +7,9 @@ Surfaces (gRPC, HTTP, WebSocket) only translate their transport into calls on
 from __future__ import annotations
 
 import contextlib
-import dataclasses
+import os
 import secrets
+import socket
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -20,23 +21,30 @@ from gateway import metrics
 from gateway.auth import Identity, bearer_token, one_authorization, require_scopes
 from gateway.authenticator import Authenticator
 from gateway.config import GatewayConfig
+from gateway.delivery import QueuedWork, entity_key
 from gateway.errors import (
+    BackendFailed,
+    BackendUnavailable,
+    DialogError,
     IdempotencyConflict,
+    OutOfOrder,
     PermissionDenied,
     RateLimited,
     ServerBusy,
+    StoreUnavailable,
     Unauthenticated,
 )
-from gateway.events import EventHub
+from gateway.events import EventHub, Subscription
 from gateway.forwarding import Upstreams
 from gateway.idempotency import Outcome, dedup_key, fingerprint
+from gateway.lifecycle import Drain
 from gateway.origins import origin_allowed, parse_allowed_origins
-from gateway.ratelimit import ConnectionCounter, SlidingWindow
+from gateway.redelivery import Redelivery
 from gateway.routing import RouteTable
-from gateway.store import DedupStatus, Store
+from gateway.store import DedupStatus, EntityVerdict, Store
 from gateway.store.connect import connect_store
 from gateway.tickets import TicketBook
-from gateway.translate import accept_client_message, set_time
+from gateway.translate import QUEUED, accept_client_message, make_ack, make_error, set_time
 from gateway.upstream import BackendPool
 
 PENDING_MARGIN_S = 30.0
@@ -51,13 +59,17 @@ class Admission:
     """An admitted message: stored, routed, and either to forward or a replay.
 
     ``key`` is the idempotency key the store holds for it (empty when the gateway chose
-    the id); ``replay`` is the recorded outcome when the id was seen before.
+    the id); ``replay`` is the recorded outcome when the id was seen before (or an
+    empty one for an entity seq applied before). ``entity`` is the store key of the
+    entity whose seq ``entity_seq`` the message holds.
     """
 
     stored: message_pb2.Message
     backend: str
     key: str = ""
     replay: Outcome | None = None
+    entity: str = ""
+    entity_seq: int = 0
 
 
 class DialogService:
@@ -74,30 +86,59 @@ class DialogService:
         self.clock = clock
         self.base_dir = base_dir
         self.store: Store | None = None
+        self.hub: EventHub | None = None
+        self.redelivery: Redelivery | None = None
+        self.replica = f"{socket.gethostname()}-{os.getpid()}-{new_id()[:8]}"
         self.authenticator = Authenticator.from_config(config, base_dir=base_dir, clock=clock)
-        self.rate_limit = SlidingWindow(config.rate_limit_max, config.rate_limit_window_s)
         self.tickets = TicketBook(config.ws_ticket_ttl_s)
         self.allowed_origins = parse_allowed_origins(config.allowed_origins)
         self.inflight = 0
-        self.ws_connections = ConnectionCounter(config.max_ws_conn)
+        self.drain = Drain(config.drain_timeout_s)
         self.routes = RouteTable.from_config(config.routes)
-        self.hub = EventHub(
-            queue_max=config.outbound_queue_max, log_max_len=config.event_log_max_len
-        )
         self.pool = BackendPool(
-            config.routes, max_message_bytes=config.max_message_bytes, base_dir=base_dir
+            config.routes,
+            max_message_bytes=config.max_message_bytes,
+            base_dir=base_dir,
+            breaker_failures=config.breaker_failures,
+            breaker_open_ms=config.breaker_open_ms,
+            retry_budget_ratio=config.retry_budget_ratio,
+            retry_budget_min_per_s=config.retry_budget_min_per_s,
         )
 
     async def start(self) -> None:
-        """Open the message store, load the JWKS keys, if configured, and start their
-        refresher."""
+        """Open the message store and the event hub, start the queue workers, load the
+        JWKS keys, if configured, and start their refresher."""
+        config = self.config
         self.store = await connect_store(
-            data_dir=self.base_dir / self.config.data_dir, redis_url=self.config.redis_url
+            data_dir=self.base_dir / config.data_dir,
+            redis_url=config.redis_url,
+            max_attempts=config.max_delivery_attempts,
         )
+        self.hub = EventHub(
+            self.store,
+            buffer_max=config.outbound_queue_max,
+            log_max_len=config.event_log_max_len,
+            log_max_age_s=config.event_log_max_age_s,
+        )
+        self.hub.start()
+        self.redelivery = Redelivery(
+            self.store,
+            config,
+            consumer=self.replica,
+            timeouts_s={name: b.timeout_ms / 1000 for name, b in self.pool.configs.items()},
+            deliver=self._deliver_queued,
+            dead=self._report_dead,
+            accepting=self._delivering,
+        )
+        self.redelivery.start()
         await self.authenticator.start()
 
     async def close(self) -> None:
         await self.authenticator.close()
+        if self.redelivery is not None:
+            await self.redelivery.close()
+        if self.hub is not None:
+            await self.hub.close()
         await self.pool.close()
         if self.store is not None:
             await self.store.close()
@@ -130,20 +171,33 @@ class DialogService:
         metrics.AUTH_FAILURES.labels(surface=surface, reason=reason).inc()
 
     async def admit(self, identity: Identity, msg: message_pb2.Message, surface: str) -> Admission:
-        """Rate-limit, stamp and route a client message; deliver it to the user's stream.
+        """Rate-limit, stamp, route and order a client message; append it to the user's
+        event log.
 
-        Returns the stored message (with id, timestamp and seq) and its back-end. A route
-        that requires scopes refuses an identity without them (``PermissionDenied``). A
-        client-chosen id is an idempotency key: a repeat with the same body is answered from
-        the recorded outcome (``Admission.replay``), one with another body is refused.
+        Returns the stored message (with id, timestamp and the log's seq) and its
+        back-end. A route that requires scopes refuses an identity without them
+        (``PermissionDenied``). A client-chosen id is an idempotency key: a repeat with
+        the same body is answered from the recorded outcome (``Admission.replay``), one
+        with another body is refused. A message with ``context.entity`` and ``seq`` is
+        applied in its entity's order: an old seq is acknowledged without being
+        forwarded, a gap is refused with the seq expected (``OutOfOrder``). Once the
+        process drains, every message is refused (``Draining``).
         """
+        self.drain.check()
+        store, hub = self._ready()
         if self.inflight >= self.config.max_inflight:
             metrics.RATE_LIMITED.labels(surface=surface, limit="inflight").inc()
             raise ServerBusy("the gateway is busy; try again shortly", retry_after_s=1)
-        retry_after = self.rate_limit.acquire(identity.subject, self.clock())
+        retry_after = await store.rate_acquire(
+            identity.subject,
+            self.config.rate_limit_max,
+            self.config.rate_limit_window_s,
+            self.clock(),
+        )
         if retry_after is not None:
             metrics.RATE_LIMITED.labels(surface=surface, limit="messages").inc()
             raise RateLimited("too many messages; slow down", retry_after_s=retry_after)
+        entity_seq = msg.seq if msg.context.entity else 0
         stored = accept_client_message(msg, now_s=self.clock(), new_id=new_id)
         route = self.routes.resolve(stored)
         try:
@@ -153,10 +207,10 @@ class DialogService:
             raise
         backend = route.backend
         key = ""
-        if msg.id and self.store is not None:
+        if msg.id:
             key = dedup_key(identity.subject, msg.id)
             timeout_s = self.pool.configs[backend].timeout_ms / 1000 + PENDING_MARGIN_S
-            result = await self.store.remember(key, fingerprint(stored), timeout_s)
+            result = await store.remember(key, fingerprint(stored), timeout_s)
             if result.status is DedupStatus.CONFLICT:
                 raise IdempotencyConflict(f"message id {msg.id!r} was used with another body")
             if result.outcome is None and result.status is DedupStatus.REPLAY:
@@ -167,9 +221,36 @@ class DialogService:
                 metrics.DUPLICATES.labels(surface=surface).inc()
                 replay = Outcome.decode(result.outcome)
                 return Admission(replay.stored, backend, replay=replay)
-        self.hub.publish(identity.subject, stored)
+        entity = ""
+        try:
+            if entity_seq:
+                entity = await self._order(identity, stored, entity_seq, surface)
+                if not entity:
+                    # Applied before: acknowledged, not forwarded again.
+                    stored.seq = entity_seq
+                    return Admission(stored, backend, replay=Outcome(stored, ()))
+            await hub.publish(identity.subject, stored)
+        except BaseException:
+            if entity:
+                await store.release_entity_seq(entity, entity_seq)
+            if key:
+                await store.forget(key)
+            raise
         metrics.MESSAGES.labels(surface=surface, backend=backend).inc()
-        return Admission(stored, backend, key)
+        return Admission(stored, backend, key, entity=entity, entity_seq=entity_seq)
+
+    async def _order(
+        self, identity: Identity, stored: message_pb2.Message, seq: int, surface: str
+    ) -> str:
+        """Check ``seq`` against its entity's order: the entity's store key when it
+        applies now, "" for a duplicate; a gap raises ``OutOfOrder``."""
+        store, _ = self._ready()
+        entity = entity_key(identity.subject, stored.context.entity)
+        decision = await store.apply_entity_seq(entity, seq)
+        metrics.ENTITY_ORDER.labels(verdict=decision.verdict.value).inc()
+        if decision.verdict is EntityVerdict.GAP:
+            raise OutOfOrder.expecting(stored.context.entity, decision.expected)
+        return entity if decision.verdict is EntityVerdict.APPLY else ""
 
     def upstreams(self, identity: Identity) -> Upstreams:
         """Back-end streams for one client connection."""
@@ -183,33 +264,162 @@ class DialogService:
     async def replies(
         self, upstreams: Upstreams, identity: Identity, admission: Admission
     ) -> AsyncIterator[message_pb2.Message]:
-        """Forward the admitted message and yield its replies, each delivered to the user's
-        stream; a replay yields the recorded replies instead. The outcome is recorded for
-        repeats once the final reply is in; a message that failed is forgotten, so that its
-        retry is forwarded again."""
+        """Forward the admitted message and yield its replies, each appended to the user's
+        event log; a replay yields the recorded replies instead.
+
+        A back-end that is unavailable before it answered does not fail the message: it
+        goes to the durable inbound queue, and the one reply is an ack with
+        ``data.status`` "queued"; its replies reach the user's event log later. The
+        outcome is recorded for repeats once the final reply is in; a message that
+        failed is forgotten (and its entity seq released), so that its retry is
+        forwarded again."""
         if admission.replay is not None:
             for reply in admission.replay.replies:
                 yield reply
             return
-        msg, answered = admission.stored, []
+        store, _ = self._ready()
+        work = QueuedWork(
+            user=identity.subject,
+            client=identity.client,
+            key=admission.key,
+            entity=admission.entity,
+            log_seq=admission.stored.seq,
+            message=self._forwarded(admission),
+        )
+        settled = False
         self.inflight += 1
         try:
-            async for reply in upstreams.forward(admission.backend, msg):
-                reply.context.reply_to = msg.id
-                if not reply.context.conversation_id:
-                    reply.context.conversation_id = msg.context.conversation_id
-                set_time(reply, self.clock())
-                answered.append(self.hub.publish(identity.subject, reply))
-                yield reply
-            if admission.key and self.store is not None:
-                outcome = Outcome.of(msg, answered).encode()
-                await self.store.record_outcome(admission.key, outcome, self.config.dedup_ttl_s)
-                admission = dataclasses.replace(admission, key="")
+            if admission.entity and await store.queue_depth(admission.backend):
+                # Messages are queued for this back-end: an ordered one waits its turn.
+                yield await self._enqueue(admission.backend, work)
+                settled = True
+                return
+            answered = 0
+            try:
+                answers = self._forward(upstreams, admission.backend, work)
+                async for reply in self.drain.bounded(answers):
+                    answered += 1
+                    yield reply
+                settled = True
+            except BackendUnavailable:
+                if answered:
+                    raise
+                yield await self._enqueue(admission.backend, work)
+                settled = True
         finally:
             self.inflight -= 1
-            if admission.key and self.store is not None:
+            if not settled:
                 with contextlib.suppress(Exception):
-                    await self.store.forget(admission.key)
+                    await self._unsettle(store, work)
+
+    def _forwarded(self, admission: Admission) -> message_pb2.Message:
+        """What the back-end receives: the stored message, with its entity seq."""
+        if admission.stored.seq == admission.entity_seq:
+            return admission.stored
+        out = message_pb2.Message()
+        out.CopyFrom(admission.stored)
+        out.seq = admission.entity_seq
+        return out
+
+    async def _forward(
+        self, upstreams: Upstreams, backend: str, work: QueuedWork
+    ) -> AsyncIterator[message_pb2.Message]:
+        """Forward ``work.message``, append each reply to the user's log, yield it, and
+        record the outcome for repeats."""
+        store, hub = self._ready()
+        msg, answered = work.message, []
+        async for reply in upstreams.forward(backend, msg):
+            reply.context.reply_to = msg.id
+            if not reply.context.conversation_id:
+                reply.context.conversation_id = msg.context.conversation_id
+            set_time(reply, self.clock())
+            answered.append(await hub.publish(work.user, reply))
+            yield reply
+        if work.key:
+            outcome = Outcome.of(work.logged(), answered).encode()
+            await store.record_outcome(work.key, outcome, self.config.dedup_ttl_s)
+
+    async def _enqueue(self, backend: str, work: QueuedWork) -> message_pb2.Message:
+        """Keep ``work`` in the durable queue; the ack that says so (also what a repeat
+        of its id gets until it is delivered)."""
+        store, _ = self._ready()
+        await store.enqueue(work.message.id, backend, work.encode())
+        queued = make_ack(work.logged(), status=QUEUED)
+        if work.key:
+            outcome = Outcome(work.logged(), (queued,)).encode()
+            await store.record_outcome(work.key, outcome, self.config.dedup_ttl_s)
+        metrics.QUEUED.labels(backend=backend).inc()
+        if self.redelivery is not None:
+            self.redelivery.wake(backend)
+        return queued
+
+    @staticmethod
+    async def _unsettle(store: Store, work: QueuedWork) -> None:
+        """Undo what admitted a message that was neither answered nor queued."""
+        if work.entity:
+            await store.release_entity_seq(work.entity, work.message.seq)
+        if work.key:
+            await store.forget(work.key)
+
+    async def _deliver_queued(self, backend: str, work: QueuedWork) -> None:
+        """Deliver a queued message; its replies go to the user's event log."""
+        upstreams = Upstreams(
+            self.pool,
+            work.user,
+            client=work.client,
+            reply_queue_max=self.config.outbound_queue_max,
+        )
+        try:
+            async for _ in self._forward(upstreams, backend, work):
+                pass
+        finally:
+            await upstreams.aclose()
+
+    async def _report_dead(self, work: QueuedWork, error: DialogError) -> None:
+        """Tell the user that a queued message went to the dead letters."""
+        _, hub = self._ready()
+        message = (
+            f"message {work.message.id!r} could not be delivered after "
+            f"{self.config.max_delivery_attempts} attempts ({error.message}); "
+            "it is kept in the dead letters"
+        )
+        with contextlib.suppress(StoreUnavailable):
+            await hub.publish(work.user, make_error(BackendFailed(message), work.message.id))
+
+    def _delivering(self, backend: str) -> bool:
+        """Whether queued messages may go to ``backend`` now: not while its breaker is
+        open, nor once the process drains (they wait in the store for the next one)."""
+        return not self.drain.draining and self.pool.accepting(backend)
+
+    async def store_ok(self) -> bool:
+        """True when the message store answers (for the health checks)."""
+        return self.store is not None and await self.store.ping()
+
+    def _ready(self) -> tuple[Store, EventHub]:
+        if self.store is None or self.hub is None:
+            raise StoreUnavailable("the message store is not open yet")
+        return self.store, self.hub
+
+    async def subscribe(self, identity: Identity, after_seq: int = 0) -> Subscription:
+        """The user's event stream after ``after_seq`` (0: from now on); its first
+        message is a ``reset`` when that point was trimmed."""
+        _, hub = self._ready()
+        return await hub.subscribe(identity.subject, after_seq)
+
+    def unsubscribe(self, identity: Identity, sub: Subscription) -> None:
+        if self.hub is not None:
+            self.hub.unsubscribe(identity.subject, sub)
+
+    async def open_ws(self, identity: Identity) -> bool:
+        """Count a WebSocket connection of the user unless ``MAX_WS_CONN`` are open (on
+        every replica, with a shared store)."""
+        store, _ = self._ready()
+        return await store.conn_open(identity.subject, self.config.max_ws_conn)
+
+    async def close_ws(self, identity: Identity) -> None:
+        store, _ = self._ready()
+        with contextlib.suppress(StoreUnavailable):
+            await store.conn_close(identity.subject)
 
     def remaining_s(self, identity: Identity) -> float:
         """Seconds until the identity's token expires, leeway included."""

@@ -27,6 +27,7 @@ ERROR = "error"
 DELTA = "delta"
 AUTH = "auth"
 RESET = "reset"
+QUEUED = "queued"
 MAX_ID_CHARS = 128
 DEFAULT_MAX_DEPTH = 32
 
@@ -162,9 +163,10 @@ def set_time(msg: Message, now_s: float) -> None:
     msg.timestamp.CopyFrom(ts)
 
 
-def make_ack(msg: Message, *, replay: bool = False) -> Message:
+def make_ack(msg: Message, *, replay: bool = False, status: str = "") -> Message:
     """The ack for an accepted message: same id and seq, ``content.type`` "ack"; a repeated
-    id answered from its recorded outcome is marked ``data.replay``."""
+    id answered from its recorded outcome is marked ``data.replay``, and a message kept
+    for later delivery has ``data.status`` "queued"."""
     ack = Message(id=msg.id, role=message_pb2.ROLE_SYSTEM, seq=msg.seq)
     ack.content.type = ACK
     ack.context.reply_to = msg.id
@@ -172,6 +174,8 @@ def make_ack(msg: Message, *, replay: bool = False) -> Message:
     ack.timestamp.CopyFrom(msg.timestamp)
     if replay:
         ack.content.data.update({"replay": True})
+    if status:
+        ack.content.data.update({"status": status})
     return ack
 
 
@@ -180,7 +184,7 @@ def make_error(err: DialogError, reply_to: str = "") -> Message:
     out = Message(role=message_pb2.ROLE_SYSTEM)
     out.content.type = ERROR
     out.content.text = err.message
-    out.content.data.update({"code": err.code, "message": err.message})
+    out.content.data.update({**err.details, "code": err.code, "message": err.message})
     out.context.reply_to = reply_to
     return out
 
@@ -192,6 +196,12 @@ def make_reset(last_seq: int) -> Message:
     out.content.text = "events before the oldest kept one were trimmed; resynchronize"
     out.content.data.update({"last_seq": last_seq})
     return out
+
+
+def is_queued(msg: Message) -> bool:
+    """True for the ack of a message kept in the durable queue for later delivery."""
+    data = msg.content.data
+    return msg.content.type == ACK and "status" in data and data["status"] == QUEUED
 
 
 def is_final(msg: Message) -> bool:

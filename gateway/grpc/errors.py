@@ -17,6 +17,9 @@ def status_of(error: DialogError) -> grpc.StatusCode:
 
 async def abort(context: Context, error: DialogError) -> None:
     """End the call with the error's status; its message is safe to show."""
+    trailers = [(f"x-dialog-{k.replace('_', '-')}", str(v)) for k, v in error.details.items()]
     if error.retry_after_s is not None:
-        context.set_trailing_metadata((("retry-after", str(max(1, round(error.retry_after_s)))),))
+        trailers.append(("retry-after", str(max(1, round(error.retry_after_s)))))
+    if trailers:
+        context.set_trailing_metadata(tuple(trailers))
     await context.abort(status_of(error), error.message)

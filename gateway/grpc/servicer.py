@@ -17,7 +17,7 @@ from gateway.errors import DialogError, Internal, Unauthenticated
 from gateway.grpc.errors import Context, abort
 from gateway.grpc.peer import client_cert_identity
 from gateway.service import DialogService
-from gateway.translate import make_ack, make_reset, validate_client_message
+from gateway.translate import make_ack, validate_client_message
 
 log = logging.getLogger(__name__)
 SURFACE = "grpc"
@@ -150,17 +150,14 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
         started, code = time.monotonic(), "OK"
         try:
             identity = await self._identity(context)
-            sub, complete = self._service.hub.subscribe(identity.subject, request.after_seq)
+            sub = await self._service.subscribe(identity, request.after_seq)
             try:
                 # Headers now, so the client knows the subscription is live.
                 await context.send_initial_metadata(())
-                if not complete:
-                    reset = make_reset(self._service.hub.last_seq(identity.subject))
-                    yield gateway_pb2.SubscribeResponse(message=reset)
                 async for msg in _until_expiry(self._service, identity, aiter(sub)):
                     yield gateway_pb2.SubscribeResponse(message=msg)
             finally:
-                self._service.hub.unsubscribe(identity.subject, sub)
+                self._service.unsubscribe(identity, sub)
         except DialogError as exc:
             code = exc.grpc_status
             await abort(context, exc)

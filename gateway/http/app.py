@@ -34,13 +34,14 @@ async def health(request: Request) -> Response:
     """Back-end health and, when configured, the JWKS key set.
 
     A JWKS outage with last good keys is reported (``"stale"``) but keeps 200; a JWKS that
-    never loaded (``"unavailable"``: no JWKS token can be verified) makes it 503.
+    never loaded (``"unavailable"``: no JWKS token can be verified) makes it 503. A draining
+    process (SIGTERM) answers 503 with the status ``"DRAINING"``.
     """
     monitor: HealthMonitor = request.app.state.health
     service: DialogService = request.app.state.service
-    body = monitor.snapshot()
-    ok = monitor.overall_ok()
-    body["status"] = "SERVING" if ok else "NOT_SERVING"
+    body = monitor.snapshot(breakers=service.pool.breakers_json())
+    ok = monitor.overall_ok() and not service.drain.draining
+    body["status"] = "DRAINING" if service.drain.draining else "SERVING" if ok else "NOT_SERVING"
     jwks = service.authenticator.jwks_status()
     if jwks is not None:
         body["jwks"] = jwks

@@ -1,7 +1,10 @@
 """``GET /events/stream``: every message delivered to the caller, as server-sent events.
 
 Authentication is the ``Authorization`` header or, for ``EventSource`` in a
-browser, a single-use ``?ticket=``. The stream ends when the token expires.
+browser, a single-use ``?ticket=``. The stream ends when the token expires, and when
+the gateway stops: once its work in flight is answered, the events already logged,
+then ``event: reconnect`` (resume with ``Last-Event-ID``). A draining gateway refuses
+new streams (503).
 """
 
 from __future__ import annotations
@@ -11,14 +14,18 @@ from collections.abc import AsyncIterator
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
+from dialog.v1 import message_pb2
 from gateway.auth import Identity
 from gateway.errors import DialogError, Unauthenticated
+from gateway.events import Subscription
 from gateway.http.responses import error_response
 from gateway.http.sse import HEARTBEAT, last_event_id, sse_event
+from gateway.lifecycle import RECONNECT, Phase
 from gateway.service import DialogService
-from gateway.translate import ERROR, RESET, make_error, make_reset, message_to_json
+from gateway.translate import ERROR, RESET, make_error, message_to_json
 
 SURFACE = "http"
+RECONNECT_TEXT = "the gateway is restarting; reconnect with Last-Event-ID to resume"
 
 
 async def _identity(request: Request, service: DialogService) -> Identity:
@@ -32,33 +39,53 @@ async def _identity(request: Request, service: DialogService) -> Identity:
 async def event_stream(request: Request) -> Response:
     service: DialogService = request.app.state.service
     try:
+        service.drain.check()
         identity = await _identity(request, service)
+        after = last_event_id(request.headers.get("last-event-id"))
+        sub = await service.subscribe(identity, after)
     except DialogError as exc:
         return error_response(exc)
-    after = last_event_id(request.headers.get("last-event-id"))
-    sub, complete = service.hub.subscribe(identity.subject, after)
     heartbeat_s = service.config.sse_heartbeat_ms / 1000
 
     async def body() -> AsyncIterator[bytes]:
         try:
             yield HEARTBEAT
-            if not complete:
-                reset = make_reset(service.hub.last_seq(identity.subject))
-                yield sse_event(message_to_json(reset), event=RESET)
             while (remaining_s := service.remaining_s(identity)) > 0:
-                msg = await sub.next(min(heartbeat_s, remaining_s))
+                next_msg = sub.next(min(heartbeat_s, remaining_s))
+                msg = await service.drain.before(Phase.CLOSING, next_msg)
+                if isinstance(msg, Phase):
+                    async for event in _last_events(sub):
+                        yield event
+                    return
                 if msg is None:
                     yield HEARTBEAT
                 elif service.remaining_s(identity) > 0:
-                    yield sse_event(message_to_json(msg), event="message", event_id=msg.seq)
+                    yield _event(msg)
             raise Unauthenticated("token expired")
         except DialogError as exc:
             yield sse_event(message_to_json(make_error(exc)), event=ERROR)
         finally:
-            service.hub.unsubscribe(identity.subject, sub)
+            service.unsubscribe(identity, sub)
 
     return StreamingResponse(
         body(),
         media_type="text/event-stream",
         headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
     )
+
+
+def _event(msg: message_pb2.Message) -> bytes:
+    if msg.content.type == RESET:
+        return sse_event(message_to_json(msg), event=RESET)
+    return sse_event(message_to_json(msg), event="message", event_id=msg.seq)
+
+
+async def _last_events(sub: Subscription) -> AsyncIterator[bytes]:
+    """The gateway is closing: the events already logged, then ``event: reconnect`` (with
+    no ``id:``, so that ``Last-Event-ID`` stays the last event's)."""
+    while (msg := await sub.next(0)) is not None:
+        yield _event(msg)
+    reconnect = message_pb2.Message(role=message_pb2.ROLE_SYSTEM)
+    reconnect.content.type = RECONNECT
+    reconnect.content.text = RECONNECT_TEXT
+    yield sse_event(message_to_json(reconnect), event=RECONNECT)

@@ -19,6 +19,9 @@ from gateway.translate import (
     DELTA,
     ERROR,
     MAX_ID_CHARS,
+    QUEUED,
+    Message,
+    is_queued,
     make_ack,
     make_error,
     message_to_dict,
@@ -59,8 +62,14 @@ async def post_message(request: Request) -> Response:
                 headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no", **headers},
             )
         replies = await _collect(service, identity, admission)
-        answer = {"message": message_to_dict(admission.stored), "replies": replies}
-        return json_response(answer, headers=headers)
+        answer: dict[str, object] = {
+            "message": message_to_dict(admission.stored),
+            "replies": [message_to_dict(r) for r in replies],
+        }
+        if len(replies) == 1 and is_queued(replies[0]):
+            # Kept for later delivery: the replies will reach the user's event stream.
+            code, answer["status"] = 202, QUEUED
+        return json_response(answer, status=code, headers=headers)
     except DialogError as exc:
         code = exc.http_status
         return error_response(exc)
@@ -75,12 +84,12 @@ async def post_message(request: Request) -> Response:
 
 async def _collect(
     service: DialogService, identity: Identity, admission: Admission
-) -> list[dict[str, object]]:
+) -> list[Message]:
     """The final reply and the events; deltas are left out of the JSON answer."""
     upstreams = service.upstreams(identity)
     try:
         return [
-            message_to_dict(reply)
+            reply
             async for reply in service.replies(upstreams, identity, admission)
             if reply.content.type != DELTA
         ]
@@ -98,7 +107,10 @@ async def _stream(
     upstreams = service.upstreams(identity)
     try:
         async for reply in service.replies(upstreams, identity, admission):
-            yield sse_event(message_to_json(reply), event="message", event_id=reply.seq)
+            if is_queued(reply):
+                yield sse_event(message_to_json(reply), event="ack", event_id=reply.seq)
+            else:
+                yield sse_event(message_to_json(reply), event="message", event_id=reply.seq)
     except DialogError as exc:
         yield sse_event(message_to_json(make_error(exc, msg.id)), event=ERROR)
     finally:

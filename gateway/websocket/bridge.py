@@ -7,10 +7,20 @@ status: the ``Authorization: Bearer`` header, or a single-use ``?ticket=`` from
 ``{"content": {"type": "auth", "text": TOKEN}}``. Tokens are never read from the
 URL. A browser ``Origin`` must be on ``ALLOWED_ORIGINS``.
 
+The socket carries the user's event stream: replies (of this socket's messages
+and of queued ones), and messages the user's other connections sent, each with
+its seq in the user's event log. Acks and errors come directly. A client that
+reconnects resumes with ``?resume=<last seq>`` or a ``resume`` frame
+(``{"content": {"type": "resume", "data": {"after_seq": N}}}``) and gets exactly
+what it missed, in order; a ``reset`` frame first when part of it was trimmed.
+
 The socket closes with 4401 when the token expires (a later ``auth`` frame for
 the same user extends it), 1008 after repeated frame-rate violations, and 1013
 when the client does not read its frames fast enough; what it missed stays in
-the user's event stream.
+the user's event stream. When the gateway stops (``gateway.lifecycle``), a new
+socket is refused (503), each new message gets a ``draining`` error frame, and
+once the messages in flight are answered and their replies delivered, the socket
+closes with 1001 "reconnect".
 """
 
 from __future__ import annotations
@@ -28,6 +38,7 @@ from gateway.config import WS_SUBPROTOCOL
 from gateway.conversation import Conversation
 from gateway.errors import (
     DialogError,
+    Draining,
     InvalidMessage,
     Overloaded,
     PermissionDenied,
@@ -35,10 +46,12 @@ from gateway.errors import (
     TooManyConnections,
     Unauthenticated,
 )
+from gateway.events import Subscription
 from gateway.http.responses import error_response
+from gateway.lifecycle import RECONNECT, Phase
 from gateway.ratelimit import SlidingWindow
 from gateway.service import DialogService
-from gateway.translate import AUTH, make_ack, message_to_json, parse_message
+from gateway.translate import AUTH, make_ack, make_error, message_to_json, parse_message
 
 log = logging.getLogger(__name__)
 SURFACE = "ws"
@@ -47,17 +60,28 @@ CLOSE_AUTH_TIMEOUT = 4408
 CLOSE_EXPIRED = 4401
 CLOSE_POLICY = 1008
 CLOSE_SLOW_CONSUMER = 1013
+CLOSE_TRY_AGAIN = 1013
 CLOSE_TIMEOUT_S = 10.0
+RESUME_PARAM = "resume"
+RESUME = "resume"
+MAX_SEQ_DIGITS = 19
+OWN_IDS_MAX = 1024
 
 
 async def websocket_endpoint(ws: WebSocket) -> None:
     service: DialogService = ws.app.state.service
     subprotocol = WS_SUBPROTOCOL if WS_SUBPROTOCOL in ws.scope.get("subprotocols", ()) else None
     try:
+        service.drain.check()
         service.check_origin(ws.headers.get("origin"))
+        after_seq = _resume_point(ws.query_params.get(RESUME_PARAM))
         identity = await _handshake_identity(ws, service)
+        sub = None
         if identity is not None:
-            _open_connection(service, identity)
+            await _open_connection(service, identity)
+            # Before the upgrade completes: what is published once the client is
+            # connected is in its stream.
+            sub = await _subscribe(service, identity, after_seq)
     except DialogError as exc:
         await ws.send_denial_response(error_response(exc))
         return
@@ -68,10 +92,20 @@ async def websocket_endpoint(ws: WebSocket) -> None:
             return
     metrics.WS_CONNECTIONS.inc()
     try:
-        await Bridge(ws, service, identity).run()
+        with service.drain.connection():
+            await Bridge(ws, service, identity).run(after_seq, sub)
     finally:
         metrics.WS_CONNECTIONS.dec()
-        service.ws_connections.close(identity.subject)
+        await service.close_ws(identity)
+
+
+def _resume_point(value: str | None) -> int:
+    """The seq after which a resuming client wants its events (0: from now on)."""
+    if value is None:
+        return 0
+    if not value.isdigit() or len(value) > MAX_SEQ_DIGITS:
+        raise InvalidMessage(f"'{RESUME_PARAM}' must be the last seq received, a number")
+    return int(value)
 
 
 async def _handshake_identity(ws: WebSocket, service: DialogService) -> Identity | None:
@@ -87,8 +121,16 @@ async def _handshake_identity(ws: WebSocket, service: DialogService) -> Identity
     return None
 
 
-def _open_connection(service: DialogService, identity: Identity) -> None:
-    if not service.ws_connections.try_open(identity.subject):
+async def _subscribe(service: DialogService, identity: Identity, after_seq: int) -> Subscription:
+    try:
+        return await service.subscribe(identity, after_seq)
+    except BaseException:
+        await service.close_ws(identity)
+        raise
+
+
+async def _open_connection(service: DialogService, identity: Identity) -> None:
+    if not await service.open_ws(identity):
         metrics.RATE_LIMITED.labels(surface=SURFACE, limit="connections").inc()
         raise TooManyConnections("too many open WebSocket connections")
 
@@ -107,7 +149,7 @@ async def _first_frame_identity(ws: WebSocket, service: DialogService) -> Identi
         if msg.content.type != AUTH or not msg.content.text:
             raise Unauthenticated("the first frame must be an auth frame")
         identity = await service.authenticate_token(msg.content.text, SURFACE)
-        _open_connection(service, identity)
+        await _open_connection(service, identity)
     except DialogError as exc:
         code = exc.ws_close if isinstance(exc, TooManyConnections) else Unauthenticated.ws_close
         await ws.close(code or CLOSE_POLICY, exc.message)
@@ -130,34 +172,99 @@ class Bridge:
         self._violations = 0
         self._close: tuple[int, str] | None = None
         self._task = asyncio.current_task()
+        self._events: asyncio.Task[None] | None = None
+        self._sub: Subscription | None = None
+        self._own_ids: set[str] = set()
 
-    async def run(self) -> None:
+    async def run(self, after_seq: int, sub: Subscription | None = None) -> None:
+        """Serve the socket; its event stream is ``sub``, or one opened after ``after_seq``."""
         writer = asyncio.create_task(self._write(), name="ws-writer")
         try:
+            await self._follow(after_seq, sub)
             async with asyncio.timeout(self._service.remaining_s(self._identity)) as expiry:
-                await self._read(expiry)
+                if await self._read(expiry):
+                    await self._deliver_rest()
         except TimeoutError:
             self._close = (CLOSE_EXPIRED, "token expired")
+        except DialogError as exc:  # the event stream could not be opened
+            self._close = (exc.ws_close or CLOSE_TRY_AGAIN, exc.message)
         except asyncio.CancelledError:
             if self._close is None or self._task is None:
                 raise
             self._task.uncancel()
         finally:
-            writer.cancel()
-            await asyncio.gather(writer, return_exceptions=True)
+            tasks = [t for t in (writer, self._events) if t is not None]
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
         if self._close is not None:
             # A slow consumer may never read the close frame: give up after a while.
             with contextlib.suppress(RuntimeError, WebSocketDisconnect, TimeoutError):
                 async with asyncio.timeout(CLOSE_TIMEOUT_S):
                     await self._ws.close(*self._close)
 
-    async def _read(self, expiry: asyncio.Timeout) -> None:
-        config = self._service.config
-        async with Conversation(self._service, self._identity, SURFACE, self._send) as conv:
+    async def _follow(self, after_seq: int, sub: Subscription | None = None) -> None:
+        """(Re)start forwarding the user's event stream from after ``after_seq``."""
+        if self._events is not None:
+            self._events.cancel()
+            await asyncio.gather(self._events, return_exceptions=True)
+        if sub is None:
+            sub = await self._service.subscribe(self._identity, after_seq)
+        self._sub = sub
+        self._events = asyncio.create_task(self._forward_events(sub), name="ws-events")
+
+    async def _deliver_rest(self) -> None:
+        """The gateway is closing: deliver the events already logged and every frame
+        queued, then close with 1001 "reconnect"."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(self._service.drain.remaining_s()):
+                if self._events is not None:
+                    self._events.cancel()
+                    await asyncio.gather(self._events, return_exceptions=True)
+                while self._sub is not None and (msg := await self._sub.next(0)) is not None:
+                    await self._deliver(msg)
+                await self._outbox.join()
+        self._close = (Draining.ws_close, RECONNECT)
+
+    async def _forward_events(self, sub: Subscription) -> None:
+        try:
             while True:
-                event = await self._ws.receive()
+                msg = await sub.next()
+                if msg is not None:
+                    await self._deliver(msg)
+        except DialogError as exc:
+            # The log cannot be read (the store is down): say so, then close.
+            with contextlib.suppress(DialogError):
+                await self._send(make_error(exc))
+            self._abort(exc.ws_close or CLOSE_TRY_AGAIN, "event stream interrupted; resume")
+        finally:
+            self._service.unsubscribe(self._identity, sub)
+
+    async def _deliver(self, msg: message_pb2.Message) -> None:
+        if msg.role == message_pb2.ROLE_USER and msg.id in self._own_ids:
+            self._own_ids.discard(msg.id)  # the client has it: this socket sent it
+            return
+        await self._send(msg)
+
+    def _sent(self, stored: message_pb2.Message) -> None:
+        """``stored`` came from this socket: its echo in the event stream is skipped."""
+        if len(self._own_ids) >= OWN_IDS_MAX:
+            self._own_ids.clear()
+        self._own_ids.add(stored.id)
+
+    async def _read(self, expiry: asyncio.Timeout) -> bool:
+        """Read frames until the client leaves (False) or the gateway is closing (True)."""
+        config = self._service.config
+        async with Conversation(
+            self._service, self._identity, SURFACE, self._send, on_admit=self._sent
+        ) as conv:
+            while True:
+                event = await self._service.drain.before(Phase.CLOSING, self._ws.receive())
+                if isinstance(event, Phase):
+                    await conv.drain()  # every message in flight has its answer
+                    return True
                 if event["type"] == "websocket.disconnect":
-                    return
+                    return False
                 if not self._frame_allowed():
                     await conv.fail(
                         RateLimited("too many frames on this connection", retry_after_s=1)
@@ -171,13 +278,26 @@ class Bridge:
                 except DialogError as exc:
                     await conv.fail(exc)
                     continue
-                if msg.content.type != AUTH:
-                    await conv.submit(msg)
-                    continue
                 try:
-                    await self._reauthenticate(msg, expiry)
+                    if msg.content.type == AUTH:
+                        await self._reauthenticate(msg, expiry)
+                    elif msg.content.type == RESUME:
+                        await self._resume(msg)
+                    else:
+                        await conv.submit(msg)
                 except DialogError as exc:
                     await conv.fail(exc, msg.id)
+
+    async def _resume(self, msg: message_pb2.Message) -> None:
+        """A ``resume`` frame: the event stream restarts after ``data.after_seq``."""
+        field = msg.content.data.fields.get("after_seq")
+        value = field.number_value if field is not None else -1.0
+        if field is None or field.WhichOneof("kind") != "number_value" or value < 0:
+            raise InvalidMessage("a resume frame needs data.after_seq, the last seq received")
+        if value != int(value) or value >= 2**63:
+            raise InvalidMessage("data.after_seq must be a whole number")
+        await self._follow(int(value))
+        await self._send(make_ack(msg))
 
     def _frame_allowed(self) -> bool:
         """The per-connection frame rate; repeated violations close the socket (1008)."""
@@ -220,3 +340,4 @@ class Bridge:
             while True:
                 msg = await self._outbox.get()
                 await self._ws.send_text(message_to_json(msg))
+                self._outbox.task_done()

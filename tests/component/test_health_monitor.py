@@ -20,6 +20,7 @@ from grpc_health.v1.health import aio as health_aio  # type: ignore[attr-defined
 from gateway import metrics
 from gateway.certs import create_dev_certs
 from gateway.health import HealthMonitor
+from gateway.store.sqlite import DB_NAME, SQLiteStore
 
 NOW_S = 1_714_564_800.0  # 2024-05-01T12:00:00Z
 NOW_ISO = "2024-05-01T12:00:00.000Z"
@@ -383,3 +384,32 @@ def test_mismatched_names_are_refused() -> None:
 def test_non_positive_timings_are_refused(interval_ms: int, timeout_ms: int) -> None:
     with pytest.raises(ValueError, match="positive"):
         HealthMonitor({}, {}, interval_ms=interval_ms, timeout_ms=timeout_ms)
+
+
+async def test_a_store_that_stops_answering_makes_the_gateway_not_serving(
+    chat_channel: grpc.aio.Channel, gateway_health: GatewayHealth, tmp_path: Path
+) -> None:
+    store = await SQLiteStore.open(tmp_path / DB_NAME)
+    monitor = HealthMonitor(
+        {"chat": chat_channel},
+        {"chat": True},
+        interval_ms=100,
+        timeout_ms=2000,
+        servicer=gateway_health.servicer,
+        store=store.ping,
+    )
+    assert monitor.snapshot()["store"] == {"status": "UNKNOWN"}
+    await monitor.check_once()
+    assert monitor.snapshot()["store"] == {"status": "SERVING"}
+    assert monitor.overall_ok()
+    assert metrics.REGISTRY.get_sample_value("dialog_gateway_store_up") == 1.0
+
+    await store.close()  # from now on every call fails, as with a dead disk or Redis
+    await monitor.check_once()
+    body = monitor.snapshot()
+    assert body["store"] == {"status": "NOT_SERVING"}
+    assert body["status"] == "NOT_SERVING"
+    assert body["backends"]["chat"]["status"] == "SERVING"
+    assert not monitor.overall_ok()
+    assert await gateway_health.status_of("") == "NOT_SERVING"
+    assert metrics.REGISTRY.get_sample_value("dialog_gateway_store_up") == 0.0

@@ -1,4 +1,5 @@
-"""A dead back-end: clear errors within the route's timeout, and health shows it."""
+"""A dead back-end: messages are queued durably (202 / a queued ack) within the route's
+timeout, health shows it, and the other back-ends keep working."""
 
 from __future__ import annotations
 
@@ -44,7 +45,7 @@ def test_health_is_503_naming_the_dead_backend(stack_without_chat: Stack) -> Non
     assert body["backends"]["tasks"]["status"] == "SERVING"
 
 
-def test_http_post_to_dead_backend_is_503_within_timeout(stack_without_chat: Stack) -> None:
+def test_http_post_to_dead_backend_is_202_queued_within_timeout(stack_without_chat: Stack) -> None:
     s = stack_without_chat
     started = time.monotonic()
     with httpx.Client(verify=s.ssl_context(), timeout=30) as c:
@@ -53,8 +54,12 @@ def test_http_post_to_dead_backend_is_503_within_timeout(stack_without_chat: Sta
             json={"role": "user", "content": {"type": "text", "text": "anyone?"}},
             headers={"Authorization": f"Bearer {s.token()}"},
         )
-    assert r.status_code == 503
-    assert r.json()["error"]["code"] == "unavailable"
+    assert r.status_code == 202, r.text
+    body = r.json()
+    assert body["status"] == "queued"
+    [ack] = body["replies"]
+    assert ack["content"] == {"type": "ack", "data": {"status": "queued"}}
+    assert ack["context"]["reply_to"] == body["message"]["id"]
     assert time.monotonic() - started < TIMEOUT_MS / 1000 + 5
     # The other back-end still works.
     with httpx.Client(verify=s.ssl_context(), timeout=30) as c:
@@ -66,7 +71,7 @@ def test_http_post_to_dead_backend_is_503_within_timeout(stack_without_chat: Sta
     assert ok.status_code == 200, ok.text
 
 
-async def test_grpc_send_to_dead_backend_is_unavailable(stack_without_chat: Stack) -> None:
+async def test_grpc_send_to_dead_backend_is_acked_as_queued(stack_without_chat: Stack) -> None:
     s = stack_without_chat
     creds = grpc.ssl_channel_credentials(s.ca_file.read_bytes())
     async with grpc.aio.secure_channel(s.grpc_target, creds) as ch:
@@ -75,15 +80,14 @@ async def test_grpc_send_to_dead_backend_is_unavailable(stack_without_chat: Stac
             gateway_pb2.SendRequest(message=msg),
             metadata=(("authorization", f"Bearer {s.token()}"),),
         )
-        replies = []
-        with pytest.raises(grpc.aio.AioRpcError) as info:
-            async for r in call:
-                replies.append(r.message)
-    assert info.value.code() == grpc.StatusCode.UNAVAILABLE
-    assert [m.content.type for m in replies] == ["ack"]
+        replies = [r.message async for r in call]
+        assert await call.code() == grpc.StatusCode.OK
+    assert [m.content.type for m in replies] == ["ack", "ack"]
+    assert "status" not in replies[0].content.data
+    assert replies[1].content.data["status"] == "queued"
 
 
-async def test_ws_dead_backend_is_an_error_frame(stack_without_chat: Stack) -> None:
+async def test_ws_dead_backend_is_a_queued_ack(stack_without_chat: Stack) -> None:
     from websockets.asyncio.client import connect
 
     s = stack_without_chat
@@ -91,9 +95,8 @@ async def test_ws_dead_backend_is_an_error_frame(stack_without_chat: Stack) -> N
     async with connect(s.ws_url, ssl=s.ssl_context(), additional_headers=headers) as ws:
         await ws.send(json.dumps({"id": "d", "content": {"type": "text", "text": "x"}}))
         frames = [json.loads(await ws.recv()) for _ in range(2)]
-    assert frames[0]["content"]["type"] == "ack"
-    assert frames[1]["content"]["type"] == "error"
-    assert frames[1]["content"]["data"]["code"] == "unavailable"
+    assert frames[0]["content"] == {"type": "ack"}
+    assert frames[1]["content"] == {"type": "ack", "data": {"status": "queued"}}
     assert frames[1]["context"]["reply_to"] == "d"
 
 
@@ -103,16 +106,18 @@ def test_backend_that_dies_shows_not_serving(tmp_path: Path) -> None:
         wait_until(lambda: s.health_status() == 503, 10, "health 503 after tasks died")
 
 
-def test_a_failed_message_can_be_retried_with_the_same_id(stack_without_chat: Stack) -> None:
-    """A message that got an error was not applied: its id is free for the retry."""
+def test_a_repeat_of_a_queued_message_is_not_queued_twice(stack_without_chat: Stack) -> None:
     s = stack_without_chat
-    body = {"id": "retry-me", "content": {"type": "text", "text": "x"}}
+    body = {"id": "queued-once", "content": {"type": "text", "text": "x"}}
     token = s.token()
     with httpx.Client(verify=s.ssl_context(), timeout=30) as c:
-        codes = [
+        answers = [
             c.post(
                 f"{s.base_url}/messages", json=body, headers={"Authorization": f"Bearer {token}"}
-            ).status_code
+            )
             for _ in range(2)
         ]
-    assert codes == [503, 503]
+    assert [a.status_code for a in answers] == [202, 202]
+    assert "idempotent-replayed" not in answers[0].headers
+    assert answers[1].headers["idempotent-replayed"] == "true"
+    assert answers[1].json()["message"] == answers[0].json()["message"]

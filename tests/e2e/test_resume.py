@@ -91,3 +91,75 @@ async def test_grpc_subscribe_from_before_the_trimmed_point_gets_a_reset(short_l
         first = await anext(aiter(call))
         call.cancel()
     assert first.message.content.type == "reset"
+
+
+async def ws_frames(
+    stack: Stack, token: str, count: int, query: str = "", *first: str
+) -> list[dict]:  # type: ignore[type-arg]
+    from websockets.asyncio.client import connect
+
+    headers = {"Authorization": f"Bearer {token}"}
+    url = f"{stack.ws_url}{query}"
+    async with connect(url, ssl=stack.ssl_context(), additional_headers=headers) as ws:
+        for frame in first:
+            await ws.send(frame)
+        return [json.loads(await ws.recv()) for _ in range(count)]
+
+
+async def test_websocket_resume_parameter_gets_exactly_what_was_missed(short_log: Stack) -> None:
+    token = short_log.token()
+    send(short_log, token, "one")
+    send(short_log, token, "two")
+    frames = await ws_frames(short_log, token, 3, "?resume=3")
+    assert [f["seq"] for f in frames] == ["4", "5", "6"]
+    assert frames[0]["content"]["text"] == "two"
+
+
+async def test_websocket_resume_frame_restarts_the_stream_after_a_seq(short_log: Stack) -> None:
+    token = short_log.token()
+    send(short_log, token, "one")  # seq 1, 2, 3
+    resume = json.dumps({"id": "r", "content": {"type": "resume", "data": {"after_seq": 1}}})
+    frames = await ws_frames(short_log, token, 3, "", resume)
+    acks = [f for f in frames if f["content"]["type"] == "ack"]
+    assert [a["context"]["reply_to"] for a in acks] == ["r"]
+    assert [f["seq"] for f in frames if f["content"]["type"] != "ack"] == ["2", "3"]
+
+
+@pytest.mark.parametrize("data", [{}, {"after_seq": -1}, {"after_seq": 1.5}, {"after_seq": "1"}])
+async def test_a_bad_resume_frame_gets_an_error_frame(short_log: Stack, data: object) -> None:
+    frame = json.dumps({"id": "r", "content": {"type": "resume", "data": data}})
+    [error] = await ws_frames(short_log, short_log.token(), 1, "", frame)
+    assert error["content"]["type"] == "error"
+    assert error["content"]["data"]["code"] == "invalid_argument"
+    assert error["context"]["reply_to"] == "r"
+
+
+async def test_websocket_resume_from_before_the_trimmed_point_gets_a_reset(
+    short_log: Stack,
+) -> None:
+    token = short_log.token()
+    for text in ("a", "b", "c"):
+        send(short_log, token, text)
+    [reset] = await ws_frames(short_log, token, 1, "?resume=1")
+    assert reset["content"]["type"] == "reset"
+    assert reset["content"]["data"]["last_seq"] == 9
+
+
+@pytest.mark.parametrize("value", ["abc", "-1", "1.5", "9" * 25])
+def test_a_bad_websocket_resume_point_is_refused_before_the_upgrade(
+    short_log: Stack, value: str
+) -> None:
+    with httpx.Client(verify=short_log.ssl_context(), timeout=10) as c:
+        r = c.get(
+            f"{short_log.base_url}/ws",
+            params={"resume": value},
+            headers={
+                "Authorization": f"Bearer {short_log.token()}",
+                "Connection": "Upgrade",
+                "Upgrade": "websocket",
+                "Sec-WebSocket-Version": "13",
+                "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ==",
+            },
+        )
+    assert r.status_code == 400
+    assert r.json()["error"]["code"] == "invalid_argument"

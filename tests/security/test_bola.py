@@ -87,7 +87,11 @@ async def test_last_event_id_replays_only_the_callers_own_events(
                     break
     assert ids == [1, 2]
     data = [json.loads(line[6:]) for line in lines if line.startswith("data: ")]
-    assert [d["content"]["text"] for d in data] == ["b-marker", "b-marker"]
+    # A point beyond the caller's own (empty) log is a reset that tells its own last seq, 0:
+    # nothing about the victim's log.
+    resets = [d for d in data if d["content"]["type"] == "reset"]
+    assert [r["content"]["data"]["last_seq"] for r in resets] == [0]
+    assert [d["content"]["text"] for d in data if d not in resets] == ["b-marker", "b-marker"]
     assert SECRET_TEXT not in "\n".join(lines)
 
 
@@ -104,12 +108,16 @@ async def test_grpc_subscribe_after_seq_replays_only_the_callers_own_events(
         sent = await grpc_send(guarded, bearer(token), _text("b-marker"))
         assert sent.code == grpc.StatusCode.OK
         got: list[message_pb2.Message] = []
+        resets: list[message_pb2.Message] = []
         async with asyncio.timeout(TIMEOUT_S):
             async for response in call:
-                got.append(response.message)
+                is_reset = response.message.content.type == "reset"
+                (resets if is_reset else got).append(response.message)
                 if len(got) == 2:
                     break
         call.cancel()
+    # A point beyond the caller's own (empty) log: a reset with its own last seq, 0.
+    assert [r.content.data["last_seq"] for r in resets] == [0]
     assert [m.seq for m in got] == [1, 2]
     assert [m.content.text for m in got] == ["b-marker", "b-marker"]
 

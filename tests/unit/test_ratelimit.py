@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from gateway.ratelimit import ConnectionCounter, SlidingWindow
+from gateway.ratelimit import SlidingWindow
 
 # (name, limit, window_s, [(key, now_s, expected retry-after or None)])
 WINDOW_CASES = [
@@ -123,42 +123,3 @@ def test_memory_per_key_is_bounded_by_the_limit() -> None:
     for n in range(1000):
         window.acquire("k", n * 0.001)
     assert len(window._events["k"]) == 3
-
-
-# ---------------------------------------------------------------------------
-# ConnectionCounter
-# ---------------------------------------------------------------------------
-
-
-def test_connection_counter_up_to_the_limit() -> None:
-    counter = ConnectionCounter(limit=3)
-    assert [counter.try_open("a") for _ in range(4)] == [True, True, True, False]
-    assert counter.count("a") == 3
-    assert counter.try_open("b") is True
-    assert counter.count("b") == 1
-
-
-def test_connection_counter_close_frees_a_slot() -> None:
-    counter = ConnectionCounter(limit=2)
-    assert counter.try_open("a") and counter.try_open("a")
-    assert counter.try_open("a") is False
-    counter.close("a")
-    assert counter.count("a") == 1
-    assert counter.try_open("a") is True
-    assert counter.try_open("a") is False
-
-
-def test_connection_counter_close_to_zero_forgets_the_key() -> None:
-    counter = ConnectionCounter(limit=2)
-    counter.try_open("a")
-    counter.close("a")
-    assert counter.count("a") == 0
-    assert counter._open == {}
-    counter.close("a")  # an extra close does not go negative
-    assert counter.count("a") == 0
-    assert counter.try_open("a") and counter.try_open("a")
-    assert counter.try_open("a") is False
-
-
-def test_connection_counter_unknown_key_counts_zero() -> None:
-    assert ConnectionCounter(limit=1).count("nobody") == 0

@@ -1,0 +1,150 @@
+"""Delivery of the durable inbound queue: messages acknowledged as ``queued`` because
+their back-end was unavailable.
+
+One worker per back-end claims entries in order and delivers them one at a time;
+only one replica's worker delivers a given back-end's queue at a time (a lease in
+the store), so a back-end sees queued messages in the order they were queued.
+A failed delivery is retried in place after an exponential back-off with jitter
+(``REDELIVERY_INITIAL_MS`` doubling up to ``REDELIVERY_MAX_MS``); after
+``MAX_DELIVERY_ATTEMPTS`` the entry moves to the dead letters and the user is told.
+While a back-end's circuit breaker is open the worker waits instead of burning
+attempts. An entry held by a replica that died is claimed by another one once it
+has been idle for the lease (the route timeout plus the longest back-off).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections.abc import Awaitable, Callable, Mapping
+
+from gateway import metrics
+from gateway.backoff import backoff_delay_s
+from gateway.config import GatewayConfig, RetryPolicy
+from gateway.delivery import QueuedWork
+from gateway.errors import DialogError, StoreUnavailable
+from gateway.store import QueuedMessage, Store
+
+log = logging.getLogger(__name__)
+
+BATCH = 16
+POLL_S = 1.0
+LEASE_MARGIN_S = 5.0
+STORE_RETRY = RetryPolicy(max_attempts=0, initial_backoff_ms=200, max_backoff_ms=5000)
+
+Deliver = Callable[[str, QueuedWork], Awaitable[None]]
+Dead = Callable[[QueuedWork, DialogError], Awaitable[None]]
+
+
+class Redelivery:
+    """The queue workers of one gateway process."""
+
+    def __init__(
+        self,
+        store: Store,
+        config: GatewayConfig,
+        *,
+        consumer: str,
+        timeouts_s: Mapping[str, float],
+        deliver: Deliver,
+        dead: Dead,
+        accepting: Callable[[str], bool],
+    ):
+        self._store = store
+        self._consumer = consumer
+        self._deliver = deliver
+        self._dead = dead
+        self._accepting = accepting
+        self._max_attempts = config.max_delivery_attempts
+        self._policy = RetryPolicy(
+            max_attempts=config.max_delivery_attempts,
+            initial_backoff_ms=config.redelivery_initial_ms,
+            max_backoff_ms=config.redelivery_max_ms,
+        )
+        self._lease_s = {
+            backend: timeout_s + config.redelivery_max_ms / 1000 + LEASE_MARGIN_S
+            for backend, timeout_s in timeouts_s.items()
+        }
+        self._wakes = {backend: asyncio.Event() for backend in timeouts_s}
+        self._tasks: list[asyncio.Task[None]] = []
+
+    def start(self) -> None:
+        self._tasks = [
+            asyncio.create_task(self._run(backend), name=f"redelivery-{backend}")
+            for backend in self._wakes
+        ]
+
+    def wake(self, backend: str) -> None:
+        """Something was just queued for ``backend``."""
+        self._wakes[backend].set()
+
+    async def close(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    async def _run(self, backend: str) -> None:
+        wake, failures = self._wakes[backend], 0
+        lease_s = self._lease_s[backend]
+        # Claimed and not yet delivered: after a store outage these go first, in order.
+        unfinished: list[QueuedMessage] = []
+        while True:
+            worked = False
+            try:
+                if not await self._store.hold_queue(backend, self._consumer, lease_s):
+                    unfinished = []  # another replica holds the queue now and takes them over
+                elif not unfinished:
+                    unfinished = await self._store.claim(backend, self._consumer, BATCH, lease_s)
+                worked = bool(unfinished)
+                while unfinished:
+                    await self._deliver_entry(backend, unfinished[0])
+                    unfinished.pop(0)
+                    if unfinished and not await self._store.hold_queue(
+                        backend, self._consumer, lease_s
+                    ):
+                        unfinished = []
+                        break
+                failures = 0
+            except StoreUnavailable:
+                failures += 1
+                log.warning("message store unavailable while delivering the %s queue", backend)
+                await asyncio.sleep(backoff_delay_s(STORE_RETRY, failures, random.random()))
+                continue
+            if worked:
+                continue  # there may be more: claim again at once
+            wake.clear()
+            try:
+                async with asyncio.timeout(POLL_S):
+                    await wake.wait()
+            except TimeoutError:
+                pass
+
+    async def _deliver_entry(self, backend: str, entry: QueuedMessage | None) -> None:
+        """Deliver one entry until it is delivered, buried, or gone from the queue."""
+        while entry is not None:
+            # The breaker signals nothing to wait on: poll it.
+            while not self._accepting(backend):  # noqa: ASYNC110
+                await asyncio.sleep(POLL_S / 4)
+            try:
+                work = QueuedWork.decode(entry.body)
+            except ValueError as exc:
+                log.error("unreadable queued message %s: %s", entry.message_id, exc)
+                await self._store.fail(backend, entry.entry_id, "unreadable queued message")
+                return
+            try:
+                await self._deliver(backend, work)
+            except DialogError as exc:
+                attempts = await self._store.fail(backend, entry.entry_id, exc.message)
+                if attempts >= self._max_attempts:
+                    metrics.REDELIVERIES.labels(backend=backend, outcome="dead").inc()
+                    await self._dead(work, exc)
+                    return
+                metrics.REDELIVERIES.labels(backend=backend, outcome="failed").inc()
+                delay = backoff_delay_s(self._policy, max(attempts, 1), random.random())
+                await asyncio.sleep(max(delay, self._policy.initial_backoff_ms / 2000))
+                entry = await self._store.retry(backend, entry.entry_id, self._consumer)
+                continue
+            await self._store.ack(backend, entry.entry_id)
+            metrics.REDELIVERIES.labels(backend=backend, outcome="delivered").inc()
+            return
