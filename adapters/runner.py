@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, cast
@@ -30,6 +30,9 @@ logger = logging.getLogger(__name__)
 BACKEND_SERVICE_NAME: str = backend_pb2.DESCRIPTOR.services_by_name["Backend"].full_name
 HEALTH_SERVICE_NAME: str = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
 DEFAULT_GRACE_S = 5.0
+
+# Adds one more service to the server (a generated ``add_*Servicer_to_server``, bound).
+AddService = Callable[[grpc.aio.Server], None]
 
 
 class HealthStatus(Protocol):
@@ -90,16 +93,20 @@ async def start(
     config: AdapterConfig,
     *,
     service_names: Sequence[str] = (BACKEND_SERVICE_NAME,),
+    add_services: Sequence[AddService] = (),
 ) -> RunningServer:
     """Bind ``config.address`` with mutual TLS, register every service and start.
 
-    ``service_names`` are reported SERVING by the health service (as is "") and
-    listed by reflection, with the health and reflection services themselves.
+    ``add_services`` register services beyond the Backend one. ``service_names``
+    are reported SERVING by the health service (as is "") and listed by
+    reflection, with the health and reflection services themselves.
     """
     credentials = server_credentials(config)
     server = grpc.aio.server(options=server_options(config))
     add_backend = cast("Any", backend_pb2_grpc).add_BackendServicer_to_server
     add_backend(servicer, server)
+    for add_service in add_services:
+        add_service(server)
     health = cast("HealthStatus", health_aio.HealthServicer())
     cast("Any", health_pb2_grpc).add_HealthServicer_to_server(health, server)
     reflection.enable_server_reflection(
@@ -123,10 +130,13 @@ async def serve(
     config: AdapterConfig,
     *,
     service_names: Sequence[str] = (BACKEND_SERVICE_NAME,),
+    add_services: Sequence[AddService] = (),
     grace_s: float = DEFAULT_GRACE_S,
 ) -> None:
     """Run the adapter until SIGTERM or SIGINT, then stop within ``grace_s``."""
-    running = await start(servicer, config, service_names=service_names)
+    running = await start(
+        servicer, config, service_names=service_names, add_services=add_services
+    )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):

@@ -1,5 +1,8 @@
 """Generate the Python code for every .proto under protos/ into an output folder.
 
+The vendored protos/google/ files are only read as imports: their Python code
+comes from the googleapis-common-protos package.
+
 Usage: python scripts/gen_protos.py [OUT_DIR]   (default: gen)
 """
 
@@ -12,12 +15,18 @@ from grpc_tools import protoc
 
 ROOT = Path(__file__).resolve().parent.parent
 PROTOS = ROOT / "protos"
+# Vendored imports whose Python code comes from a package (googleapis-common-protos).
+VENDORED = ("google",)
 
 
 def generate(out_dir: Path) -> None:
-    """Run protoc for every proto file and add the package __init__ files."""
+    """Run protoc for every proto file but the vendored ones; add the package __init__ files."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    files = sorted(str(p.relative_to(PROTOS)) for p in PROTOS.rglob("*.proto"))
+    files = sorted(
+        str(p.relative_to(PROTOS))
+        for p in PROTOS.rglob("*.proto")
+        if p.relative_to(PROTOS).parts[0] not in VENDORED
+    )
     well_known = Path(protoc.__file__).parent / "_proto"
     args = [
         "grpc_tools.protoc",

@@ -32,12 +32,18 @@ _DIGITS = re.compile(r"[0-9]{1,19}")  # ASCII only: str.isdecimal() accepts "٣"
 
 @dataclass(frozen=True)
 class Task:
-    """One stored task. ``created_at`` is ISO 8601 in UTC."""
+    """One stored task. Times are ISO 8601 in UTC (``iso_utc``).
+
+    ``updated_at`` empty means "never changed since ``created_at``";
+    ``completed_at`` is empty while the task is not done.
+    """
 
     id: int
     title: str
     done: bool
     created_at: str
+    updated_at: str = ""
+    completed_at: str = ""
 
 
 @dataclass(frozen=True)
@@ -83,12 +89,18 @@ def _parse_create(msg: Message) -> CreateTask | Rejected:
         title = msg.content.data["title"]
         if not isinstance(title, str):
             return Rejected("task title must be a string")
-        title = title.strip()
+    checked = check_title(title)
+    return checked if isinstance(checked, Rejected) else CreateTask(checked)
+
+
+def check_title(title: str) -> str | Rejected:
+    """A title without its surrounding spaces, or why it cannot be a task's title."""
+    title = title.strip()
     if not title:
         return Rejected("task title is required")
     if len(title) > MAX_TITLE_CHARS:
         return Rejected(f"task title is too long (at most {MAX_TITLE_CHARS} characters)")
-    return CreateTask(title)
+    return title
 
 
 def _parse_complete(msg: Message) -> CompleteTask | Rejected:
