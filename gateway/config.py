@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 import json
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +20,36 @@ from urllib.parse import urlsplit
 WS_SUBPROTOCOL = "dialog.v1.json"
 DEV_JWT_SECRET_PREFIX = "dev-"
 DEV_JWT_SECRETS = frozenset({"change-me"})  # the placeholder of .env.example
+
+# The public gRPC port's own services; no back-end may claim them, nor the back-end contract
+# (a client reaches back-ends' Converse only through dialog.v1.Gateway), nor gRPC's own
+# infrastructure services (health, reflection, channelz, ...: the "grpc." packages).
+GATEWAY_SERVICES = (
+    "dialog.v1.Gateway",
+    "grpc.health.v1.Health",
+    "grpc.reflection.v1alpha.ServerReflection",
+)
+BACKEND_CONTRACT_SERVICE = "dialog.backend.v1.Backend"
+# Client metadata that never reaches a back-end, whatever a back-end's forward_metadata says:
+# credentials, and the identity the gateway itself asserts.
+UNFORWARDABLE_METADATA = frozenset(
+    {
+        "authorization",
+        "proxy-authorization",
+        "cookie",
+        "set-cookie",
+        "x-dialog-user",
+        "x-dialog-client",
+    }
+)
+_SERVICE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)+")
+_METHOD_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_METADATA_NAME = re.compile(r"[0-9a-z_.-]+")
+
+
+def is_reserved_service(name: str) -> bool:
+    """Whether ``name`` is a service the gateway never proxies (see ``GATEWAY_SERVICES``)."""
+    return name in GATEWAY_SERVICES or name == BACKEND_CONTRACT_SERVICE or name.startswith("grpc.")
 
 
 class ConfigError(Exception):
@@ -48,6 +79,24 @@ class BackendConfig:
     timeout_ms: int = 30000
     required: bool = True
     retry: RetryPolicy = field(default_factory=RetryPolicy)
+    # gRPC services proxied to this back-end from the public gRPC port, by full name (more
+    # are learned from its server reflection); the scopes every proxied call to it requires,
+    # and more by service ("pkg.Service") or method ("pkg.Service/Method"); client metadata
+    # names forwarded on those calls beyond the default allowlist (gateway/grpc/proxy.py).
+    services: tuple[str, ...] = ()
+    scopes: tuple[str, ...] = ()
+    method_scopes: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    forward_metadata: tuple[str, ...] = ()
+
+    def call_scopes(self, service: str, method: str) -> frozenset[str]:
+        """Every scope a proxied call of ``service``/``method`` requires."""
+        return frozenset(
+            (
+                *self.scopes,
+                *self.method_scopes.get(service, ()),
+                *self.method_scopes.get(f"{service}/{method}", ()),
+            )
+        )
 
 
 @dataclass(frozen=True)
@@ -114,6 +163,8 @@ class GatewayConfig:
     max_message_bytes: int = 1048576
     health_interval_ms: int = 5000
     health_timeout_ms: int = 1000
+    reflection_refresh_ms: int = 60000
+    reflection_timeout_ms: int = 5000
     sse_heartbeat_ms: int = 15000
     outbound_queue_max: int = 256
     event_log_max_len: int = 1000
@@ -121,6 +172,7 @@ class GatewayConfig:
     data_dir: str = "data"
     redis_url: str = ""
     dedup_ttl_s: int = 86400
+    inflight_margin_ms: int = 30000
     max_delivery_attempts: int = 5
     redelivery_initial_ms: int = 500
     redelivery_max_ms: int = 30000
@@ -190,6 +242,10 @@ def _coerce(name: str, raw: Any, kind: Any) -> Any:
             ):
                 raise ValueError(raw)
             return tuple(raw)
+        if kind == "Mapping[str, tuple[str, ...]]":
+            if not isinstance(raw, dict):
+                raise ValueError(raw)
+            return {str(k): _coerce(f"{name}.{k}", v, "tuple[str, ...]") for k, v in raw.items()}
         raise ValueError(raw)
     except (TypeError, ValueError):
         raise ConfigError(f"{name}: invalid value {raw!r} (expected {kind})") from None
@@ -241,6 +297,7 @@ def _load_routes(data: Mapping[str, Any], env: Mapping[str, str], source: str) -
                     prefix + key.upper(), env[prefix + key.upper()], fields[key].type
                 )
         backends.append(BackendConfig(retry=retry, **coerced))
+    _validate_proxying(backends, source)
     names = {b.name for b in backends}
     rules = []
     for entry in data.get("rules", []):
@@ -252,6 +309,39 @@ def _load_routes(data: Mapping[str, Any], env: Mapping[str, str], source: str) -
     if default is not None and default not in names:
         raise ConfigError(f"DEFAULT_BACKEND: unknown backend {default!r}")
     return RoutesConfig(backends=tuple(backends), rules=tuple(rules), default_backend=default)
+
+
+def _validate_proxying(backends: list[BackendConfig], source: str) -> None:
+    """``services``, ``method_scopes`` and ``forward_metadata`` of every back-end: a service
+    belongs to one back-end only, and none of the gateway's own can be claimed."""
+    owner: dict[str, str] = {}
+    for b in backends:
+        where = f"{source}: backend {b.name!r}"
+        for service in b.services:
+            if not _SERVICE_NAME.fullmatch(service):
+                raise ConfigError(f"{where}.services: {service!r} is not a full service name")
+            if is_reserved_service(service):
+                raise ConfigError(f"{where}.services: {service!r} is the gateway's own")
+            if service in owner:
+                raise ConfigError(
+                    f"{where}.services: {service!r} already belongs to backend {owner[service]!r}"
+                )
+            owner[service] = b.name
+        for name in b.forward_metadata:
+            if not _METADATA_NAME.fullmatch(name) or name.startswith("grpc-"):
+                raise ConfigError(f"{where}.forward_metadata: {name!r} is not a metadata name")
+            if name in UNFORWARDABLE_METADATA:
+                raise ConfigError(f"{where}.forward_metadata: {name!r} is never forwarded")
+    for b in backends:
+        where = f"{source}: backend {b.name!r}.method_scopes"
+        for key in b.method_scopes:
+            service, slash, method = key.partition("/")
+            if not _SERVICE_NAME.fullmatch(service) or (
+                slash and not _METHOD_NAME.fullmatch(method)
+            ):
+                raise ConfigError(f"{where}: {key!r} is not 'pkg.Service' or 'pkg.Service/Method'")
+            if owner.get(service, b.name) != b.name:
+                raise ConfigError(f"{where}: {service!r} belongs to backend {owner[service]!r}")
 
 
 def load_config(env: Mapping[str, str], base_dir: Path = Path(".")) -> GatewayConfig:
@@ -341,6 +431,9 @@ def _validate(config: GatewayConfig) -> None:
         "breaker_failures",
         "breaker_open_ms",
         "drain_timeout_s",
+        "inflight_margin_ms",
+        "reflection_refresh_ms",
+        "reflection_timeout_ms",
     ):
         if getattr(config, name) <= 0:
             raise ConfigError(f"{name.upper()}: must be positive")

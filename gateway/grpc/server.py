@@ -1,10 +1,17 @@
-"""The public gRPC server: ``dialog.v1.Gateway``, ``grpc.health.v1.Health`` and reflection.
+"""The public gRPC server: ``dialog.v1.Gateway``, ``grpc.health.v1.Health``, reflection, and
+every routed back-end service.
+
+The gateway's own services are registered first; ``BackendProxy`` (``gateway.grpc.proxy``)
+comes last and relays every other call to the back-end that serves its service. Server
+reflection (``gateway.grpc.reflection``) describes both: the gateway's own services and
+every back-end's, learned from the back-ends' own reflection by ``BackendReflection``.
 
 ``DrainGate`` applies the process's drain (``gateway.lifecycle``) to ``dialog.v1.Gateway``:
 once it has begun, new calls are refused with UNAVAILABLE; a ``Converse`` stream goes on
 reading (each new message is refused on its own) until the drain closes, then ends with
 UNAVAILABLE once its messages in flight are answered; a ``Subscribe`` stream ends with
-UNAVAILABLE when the drain closes. Health and reflection keep answering meanwhile.
+UNAVAILABLE when the drain closes. Health and reflection keep answering meanwhile; proxied
+calls apply the drain themselves (``gateway.grpc.proxy``).
 """
 
 from __future__ import annotations
@@ -13,15 +20,17 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeAlias
 
 import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1 import health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio  # type: ignore[attr-defined]
-from grpc_reflection.v1alpha import reflection
 
-from dialog.v1 import gateway_pb2, gateway_pb2_grpc
+from dialog.v1 import gateway_pb2_grpc
 from gateway.config import GatewayConfig
 from gateway.errors import Draining
+from gateway.grpc.descriptors import Catalog
 from gateway.grpc.errors import Context, abort
 from gateway.grpc.interceptors import AuthenticatedReflection
+from gateway.grpc.proxy import BackendProxy
+from gateway.grpc.reflection import BackendReflection, ReflectionServicer, add_reflection
 from gateway.grpc.servicer import GatewayServicer
 from gateway.lifecycle import REFUSED, Drain, Phase
 from gateway.service import DialogService
@@ -114,11 +123,14 @@ def _refusal(handler: Handler) -> Handler:
 def build_grpc_server(
     service: DialogService,
     health_servicer: health_aio.HealthServicer,
+    reflection: BackendReflection,
     *,
     credentials: grpc.ServerCredentials | None,
 ) -> tuple[grpc.aio.Server, int]:
     """Create the server and bind its port, with TLS ``credentials`` (from
-    ``gateway.tls.PublicTls``) or in plaintext when None; returns it with the bound port."""
+    ``gateway.tls.PublicTls``) or in plaintext when None; returns it with the bound port.
+
+    Reflection and the proxy read ``reflection.catalog``; the caller runs ``reflection``."""
     config: GatewayConfig = service.config
     server = grpc.aio.server(
         interceptors=[AuthenticatedReflection(service), DrainGate(service.drain)],
@@ -139,12 +151,13 @@ def build_grpc_server(
     )
     gateway_pb2_grpc.add_GatewayServicer_to_server(GatewayServicer(service), server)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    names = (
-        gateway_pb2.DESCRIPTOR.services_by_name["Gateway"].full_name,
-        health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-        reflection.SERVICE_NAME,
-    )
-    reflection.enable_server_reflection(names, server)
+
+    def catalog() -> Catalog:
+        return reflection.catalog
+
+    add_reflection(ReflectionServicer(catalog), server)
+    # Last: the proxy takes every call the gateway's own services do not.
+    server.add_generic_rpc_handlers((BackendProxy(service, catalog),))
     address = f"{config.host}:{config.grpc_port}"
     if credentials is not None:
         port = server.add_secure_port(address, credentials)

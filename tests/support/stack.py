@@ -179,6 +179,27 @@ class Stack:
         assert popen.poll() is None, proc.log()
         return proc
 
+    def start_probe(self, **env: str) -> Process:
+        """The probe back-end (tests/support/probe.py, ``probe.v1.Probe``) on the ``chat``
+        port, with the ``chat`` certificate."""
+        log_path = self.workdir / "probe.log"
+        probe_env = {
+            "PROBE_PKI": str(self.workdir / "certs"),
+            "PROBE_PORT": str(self.ports["chat"]),
+        }
+        popen = subprocess.Popen(
+            [sys.executable, "-m", "tests.support.probe"],
+            cwd=self.workdir,
+            env={**self.env(**probe_env, **env), "PYTHONPATH": str(ROOT)},
+            stdout=log_path.open("wb"),
+            stderr=subprocess.STDOUT,
+        )
+        proc = Process("probe", popen, log_path)
+        self.processes.append(proc)
+        wait_until(lambda: port_open(self.ports["chat"]) or popen.poll() is not None, 20, "probe")
+        assert popen.poll() is None, proc.log()
+        return proc
+
     def start_gateway(self, **env: str) -> Process:
         """Start ``serve`` and wait for health 200; on a port taken meanwhile, use new ports."""
         for _ in range(BIND_ATTEMPTS):

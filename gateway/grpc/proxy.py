@@ -1,0 +1,320 @@
+"""The transparent proxy of the public gRPC port: every method of every routed back-end service.
+
+``BackendProxy`` is a generic handler, registered after the gateway's own services, so that it
+sees every call they do not take. A call's service names its back-end (``Catalog.backend_of``:
+the ``services`` of routes.json, and the services learned from the back-ends' reflection).
+
+Each call, in order:
+
+1. the drain: refused with UNAVAILABLE once the drain has begun;
+2. authentication: a valid bearer token in ``authorization``, checked like
+   ``dialog.v1.Gateway``'s (UNAUTHENTICATED); only then is a service that no back-end serves
+   refused (UNIMPLEMENTED), so that the API's shape is not public;
+3. scopes: ``BackendConfig.call_scopes`` (the back-end's ``scopes`` and its ``method_scopes``
+   of the service and of the method), all required (PERMISSION_DENIED);
+4. the rate limit: a call counts as one message in the user's window (RESOURCE_EXHAUSTED);
+5. the back-end's circuit breaker: while it is open, UNAVAILABLE without touching the network;
+6. the relay, over the back-end's mutual-TLS channel (``BackendPool.channels``). Messages are
+   raw bytes both ways, never decoded. gRPC's framing is the same for the four kinds of call,
+   so one relay serves them all: requests flow to the back-end as the client sends them,
+   responses to the client as the back-end sends them, and the kind of call stays a contract
+   between the two ends.
+
+Metadata to the back-end: only the names in ``FORWARDED_METADATA`` and the back-end's
+``forward_metadata``, values as they came (``-bin`` values as bytes); then ``x-dialog-user``,
+the token's subject, and ``x-dialog-client``, the verified client certificate's identity when
+there is one. ``authorization``, cookies and everything else stay behind; ``grpc-*`` headers
+are gRPC's own (``grpc-timeout`` becomes the outgoing deadline).
+
+Metadata back: the back-end's response headers as soon as they arrive, then its status code,
+details and trailers as they are (``grpc-status-details-bin`` included).
+
+Deadlines and cancellation: the outgoing call's timeout is what the incoming call has left;
+without a deadline, a unary call gets the back-end's ``timeout_ms`` and any other none. Every
+call ends when the caller's token expires (UNAUTHENTICATED "token expired"). A client that
+cancels (or whose deadline passes) cancels the back-end call; a back-end that ends the call
+ends the client's with its status.
+
+While the process drains, a call awaiting its one response (unary, client stream) is work in
+flight, like a message: it is cancelled with UNAVAILABLE at the drain's work deadline; a call
+whose responses stream ends with UNAVAILABLE when the drain closes, like ``Subscribe``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import time
+from collections.abc import AsyncIterator, Callable, Iterable
+from dataclasses import dataclass
+from typing import Any, TypeAlias, TypeVar
+
+import grpc
+
+from gateway import metrics
+from gateway.auth import Identity, require_scopes
+from gateway.breaker import Outcome, Permit
+from gateway.config import BackendConfig
+from gateway.errors import (
+    DialogError,
+    Draining,
+    Internal,
+    NoRoute,
+    PermissionDenied,
+    Unauthenticated,
+)
+from gateway.grpc.descriptors import CallKind, Catalog
+from gateway.grpc.errors import Context, abort, status_of
+from gateway.grpc.peer import client_cert_identity
+from gateway.lifecycle import REFUSED, Phase
+from gateway.service import DialogService
+from gateway.upstream import CLIENT_METADATA_KEY, USER_METADATA_KEY
+
+log = logging.getLogger(__name__)
+
+SURFACE = "grpc"
+# Client metadata forwarded to every back-end; a back-end's forward_metadata adds names.
+FORWARDED_METADATA = frozenset({"x-request-id", "traceparent", "tracestate"})
+UNKNOWN = "unknown"  # grpc_type and grpc_method of a method no merged descriptor describes
+SINGLE_RESPONSE = frozenset({CallKind.UNARY, CallKind.CLIENT_STREAM})
+# Subscriptable in the type stubs only.
+Handler: TypeAlias = "grpc.RpcMethodHandler[Any, Any]"
+Metadata: TypeAlias = tuple[tuple[str, str | bytes], ...]
+
+T = TypeVar("T")
+
+
+def split_method(path: str) -> tuple[str, str] | None:
+    """("pkg.Service", "Method") of a call's path "/pkg.Service/Method", or None."""
+    service, _, method = path.removeprefix("/").partition("/")
+    if not path.startswith("/") or not service or not method or "/" in method:
+        return None
+    return service, method
+
+
+def outgoing_metadata(
+    incoming: Iterable[tuple[str, str | bytes]], allowed: frozenset[str], identity: Identity
+) -> Metadata:
+    """What the back-end receives: the allowed client metadata, then the verified identity."""
+    forwarded = [(k, v) for k, v in incoming if k in allowed]
+    forwarded.append((USER_METADATA_KEY, identity.subject))
+    if identity.client:
+        forwarded.append((CLIENT_METADATA_KEY, identity.client))
+    return tuple(forwarded)
+
+
+def outgoing_timeout_s(
+    remaining_s: float | None, kind: CallKind | None, backend: BackendConfig
+) -> float | None:
+    """The back-end call's timeout: what the client's call has left; without a deadline,
+    the back-end's ``timeout_ms`` for a unary call, and none for the others."""
+    if remaining_s is not None:
+        return max(0.0, remaining_s)
+    return backend.timeout_ms / 1000 if kind is CallKind.UNARY else None
+
+
+@dataclass(frozen=True)
+class Route:
+    """Where one call goes, and what kind of call its method is (None: no merged
+    descriptor describes it)."""
+
+    path: str
+    service: str
+    method: str
+    backend: BackendConfig
+    kind: CallKind | None
+
+    @property
+    def labels(self) -> tuple[str, str, str]:
+        """``grpc_type``, ``grpc_service``, ``grpc_method``: bounded, since the service is
+        a routed one and the method one its descriptor names."""
+        if self.kind is None:
+            return UNKNOWN, self.service, UNKNOWN
+        return self.kind.value, self.service, self.method
+
+
+class BackendProxy(grpc.GenericRpcHandler):  # type: ignore[type-arg]
+    """Relays any call that the gateway's own services do not take (module docstring)."""
+
+    def __init__(self, service: DialogService, catalog: Callable[[], Catalog]):
+        self._service = service
+        self._catalog = catalog
+        self._allowed = {
+            b.name: FORWARDED_METADATA | frozenset(b.forward_metadata)
+            for b in service.config.routes.backends
+        }
+
+    def service(self, handler_call_details: grpc.HandlerCallDetails) -> Handler:
+        path = handler_call_details.method
+
+        async def relay(requests: AsyncIterator[bytes], context: Context) -> None:
+            await self._handle(path, requests, context)
+
+        # No (de)serializers: messages stay bytes.
+        return grpc.stream_stream_rpc_method_handler(relay)
+
+    def _route(self, path: str) -> Route | None:
+        """The route of a call to ``path``, or None when no back-end serves its service."""
+        catalog = self._catalog()
+        target = split_method(path)
+        backend = catalog.backend_of(target[0]) if target else None
+        if target is None or backend is None:
+            return None
+        kind = catalog.kind_of(*target)
+        return Route(path, *target, self._service.pool.configs[backend], kind)
+
+    async def _handle(self, path: str, requests: AsyncIterator[bytes], context: Context) -> None:
+        started = time.monotonic()
+        route = self._route(path)
+        if route is not None:
+            metrics.GRPC_STARTED.labels(*route.labels).inc()
+        code = grpc.StatusCode.CANCELLED  # the client went away, unless the call ends otherwise
+        try:
+            code = await self._call(route, requests, context)
+        except DialogError as exc:
+            code = status_of(exc)
+            await abort(context, exc)
+        except Exception:
+            log.exception("proxied call %s failed", route.path if route else "(unrouted)")
+            code = grpc.StatusCode.INTERNAL
+            await abort(context, Internal())
+        finally:
+            if route is not None:
+                metrics.GRPC_HANDLED.labels(*route.labels, code.name).inc()
+                metrics.GRPC_HANDLING_SECONDS.labels(*route.labels).observe(
+                    time.monotonic() - started
+                )
+
+    async def _call(
+        self, route: Route | None, requests: AsyncIterator[bytes], context: Context
+    ) -> grpc.StatusCode:
+        """Admit the call (drain, token, route, scopes, rate), then relay it."""
+        self._service.drain.check()
+        identity = await self._service.authenticate(
+            [str(v) for k, v in context.invocation_metadata() or () if k == "authorization"],
+            SURFACE,
+        )
+        client = client_cert_identity(context)
+        if client:
+            identity = dataclasses.replace(identity, client=client)
+        if route is None:
+            raise NoRoute("no back-end serves this service")
+        try:
+            require_scopes(identity, route.backend.call_scopes(route.service, route.method))
+        except PermissionDenied:
+            metrics.AUTH_FAILURES.labels(surface=SURFACE, reason="scope").inc()
+            raise
+        await self._service.rate_limit(identity, SURFACE)
+        return await self._relay(route, identity, requests, context)
+
+    async def _relay(
+        self, route: Route, identity: Identity, requests: AsyncIterator[bytes], context: Context
+    ) -> grpc.StatusCode:
+        """Relay one admitted call; its status (the back-end's) is set on ``context``."""
+        service, pool = self._service, self._service.pool
+        name = route.backend.name
+        remaining_s = context.time_remaining()
+        breaker = _BreakerReport(pool.admit(name), lambda p, o: pool.settle(name, p, o))
+        # No (de)serializers: messages stay bytes.
+        call = pool.channels[name].stream_stream(route.path, None, None)(
+            requests,
+            timeout=outgoing_timeout_s(remaining_s, route.kind, route.backend),
+            metadata=outgoing_metadata(
+                context.invocation_metadata() or (), self._allowed[name], identity
+            ),
+        )
+        try:
+            responses = _until_expiry(
+                self._responses(call, context, breaker),
+                asyncio.get_running_loop().time() + service.remaining_s(identity),
+            )
+            if route.kind in SINGLE_RESPONSE:
+                responses = service.drain.bounded(responses)
+            else:
+                responses = service.drain.until(Phase.CLOSING, responses)
+            code, trailers, details = await self._send(call, responses, context)
+            breaker.settle(_outcome(code, client_deadline=remaining_s is not None))
+        finally:
+            call.cancel()
+            breaker.settle(Outcome.ABANDONED)  # unless settled before
+        context.set_trailing_metadata(trailers)
+        if code is not grpc.StatusCode.OK:
+            context.set_code(code)
+            context.set_details(details)
+        return code
+
+    async def _send(
+        self, call: Any, responses: AsyncIterator[bytes], context: Context
+    ) -> tuple[grpc.StatusCode, Metadata, str]:
+        """Send ``responses`` to the client; the back-end call's status code, trailers and
+        details once it has ended."""
+        try:
+            async for message in responses:
+                await context.write(message)
+            # The responses end early only when the drain closes (the wait for the next
+            # one, cancelled, cancels the back-end call).
+            if self._service.drain.phase is Phase.CLOSING and (not call.done() or call.cancelled()):
+                raise Draining(REFUSED)
+            code, trailers, details = (
+                await call.code(),
+                await call.trailing_metadata(),
+                await call.details(),
+            )
+        except grpc.aio.AioRpcError as exc:
+            code, trailers, details = exc.code(), exc.trailing_metadata(), exc.details()
+        return code, tuple(trailers or ()), details or ""
+
+    @staticmethod
+    async def _responses(
+        call: Any, context: Context, breaker: _BreakerReport
+    ) -> AsyncIterator[bytes]:
+        """The back-end's response headers, sent on as soon as they arrive, then its
+        messages; a failed call raises ``grpc.aio.AioRpcError``."""
+        headers = await call.initial_metadata()
+        if not call.done() or await call.code() is grpc.StatusCode.OK:
+            breaker.settle(Outcome.SUCCEEDED)  # the back-end answered
+            await context.send_initial_metadata(tuple(headers or ()))
+        async for message in call:
+            yield message
+
+
+class _BreakerReport:
+    """The one report to the back-end's circuit breaker of an admitted call: the first
+    ``settle`` counts, later ones are ignored."""
+
+    def __init__(self, permit: Permit, report: Callable[[Permit, Outcome], None]):
+        self._permit: Permit | None = permit
+        self._report = report
+
+    def settle(self, outcome: Outcome) -> None:
+        if self._permit is not None:
+            permit, self._permit = self._permit, None
+            self._report(permit, outcome)
+
+
+def _outcome(code: grpc.StatusCode, *, client_deadline: bool) -> Outcome:
+    """What a call's status says of the back-end's health: UNAVAILABLE, and a deadline the
+    gateway set, are failures; a client's own deadline or cancellation is neither; any
+    other status is an answer."""
+    if code is grpc.StatusCode.UNAVAILABLE:
+        return Outcome.FAILED
+    if code is grpc.StatusCode.DEADLINE_EXCEEDED:
+        return Outcome.ABANDONED if client_deadline else Outcome.FAILED
+    if code is grpc.StatusCode.CANCELLED:
+        return Outcome.ABANDONED
+    return Outcome.SUCCEEDED
+
+
+async def _until_expiry(items: AsyncIterator[T], deadline: float) -> AsyncIterator[T]:
+    """``items`` until ``deadline`` (loop time: the token's expiry); then ``Unauthenticated``.
+    The deadline guards only the wait for the next item, never a ``yield``."""
+    while True:
+        try:
+            async with asyncio.timeout_at(deadline):
+                item = await anext(items)
+        except StopAsyncIteration:
+            return
+        except TimeoutError:
+            raise Unauthenticated("token expired") from None
+        yield item
