@@ -1,6 +1,7 @@
 """The entry point shared by ``python -m adapters.<name>``.
 
-This is the one place that hands the process environment to an adapter.
+This is the one place that hands the process environment to an adapter. It also
+installs the process's tracer provider from the ``OTEL_*`` variables (``adapters.tracing``).
 """
 
 from __future__ import annotations
@@ -10,6 +11,8 @@ import logging
 import sys
 from collections.abc import Callable, Coroutine, Mapping
 from typing import Any
+
+from adapters import tracing
 
 EXIT_CONFIG = 2
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
@@ -25,7 +28,11 @@ def main(run: Callable[[Mapping[str, str]], Coroutine[Any, Any, None]],
         return EXIT_CONFIG
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     try:
-        asyncio.run(run(env))
+        traces = tracing.install(env, tracing.service_name_of(run))
+        try:
+            asyncio.run(run(env))
+        finally:
+            traces.shutdown()  # exports the last spans
     except (ValueError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_CONFIG

@@ -8,7 +8,8 @@ once), bounds concurrency and the outbound queue, and puts a deadline on
 every handler and every write. A handler also stops at the time the gateway
 gives its message (``ConverseRequest.timeouts``): it is cancelled and the
 message is answered ``deadline exceeded``, and not remembered, so that a later
-redelivery of the same id runs again.
+redelivery of the same id runs again. Each message is handled inside its span, a child
+of the trace context the gateway put in its labels (``adapters.tracing``).
 """
 
 from __future__ import annotations
@@ -23,7 +24,10 @@ from dataclasses import dataclass
 from typing import TypeAlias, cast
 
 import grpc
+from opentelemetry import trace
+from opentelemetry.trace import Tracer
 
+from adapters import tracing
 from adapters.dedup import RecentRequests, Seen
 from adapters.envelope import (
     DEADLINE_TEXT,
@@ -84,6 +88,8 @@ class ConverseServicer(abc.ABC):
         self._recent: RecentRequests[Message] = RecentRequests(lambda m: m.ByteSize())
         # Wakes duplicates waiting for the first delivery of the same id.
         self._in_flight: dict[tuple[str, str], asyncio.Event] = {}
+        # The process's tracer provider, unless a test gives its own.
+        self.tracer: Tracer = trace.get_tracer("adapters")
 
     @abc.abstractmethod
     def handle(self, msg: Message, user: str) -> AsyncIterator[Message]:
@@ -145,8 +151,12 @@ class ConverseServicer(abc.ABC):
         slots: asyncio.Semaphore,
         deadline: float | None,
     ) -> None:
+        span = tracing.message_span(self.tracer, msg)
         try:
-            await self._answer(msg, user, outbox, deadline)
+            with trace.use_span(
+                span, end_on_exit=True, record_exception=False, set_status_on_exception=False
+            ):
+                await self._answer(msg, user, outbox, deadline)
         finally:
             slots.release()
 
@@ -212,15 +222,19 @@ class ConverseServicer(abc.ABC):
                 final = await self._relay(msg, user, outbox)
         except TimeoutError:
             if gateway_gives_up_first:
+                tracing.failed("deadline_exceeded")
                 logger.info("deadline exceeded", extra={"request_id": msg.id})
                 await self._send(outbox, self._stamp(error_reply(DEADLINE_TEXT), msg))
                 return None
+            tracing.failed("timeout")
             logger.warning("handler timed out", extra={"request_id": msg.id})
             final = error_reply(TIMEOUT_TEXT)
         except Exception:
+            tracing.failed("internal")
             logger.exception("handler failed", extra={"request_id": msg.id})
             final = error_reply(INTERNAL_ERROR_TEXT)
         if final is None:
+            tracing.failed("internal")
             logger.error("handler ended without a final reply", extra={"request_id": msg.id})
             final = error_reply(INTERNAL_ERROR_TEXT)
         stamped = self._stamp(final, msg)
