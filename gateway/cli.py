@@ -58,10 +58,12 @@ def _config(env: Mapping[str, str]) -> GatewayConfig:
 
 def cmd_serve(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     from gateway.server import serve
+    from gateway.tracing import tracing_config
 
     config = _config(env)
     try:
-        _run(serve(config, Path.cwd()))
+        traces = tracing_config(env, "dialog-gateway")
+        _run(serve(config, Path.cwd(), traces=traces))
     except ConfigError as exc:
         raise SystemExit(f"dialog-gateway: configuration error: {exc}") from None
     return 0

@@ -260,3 +260,33 @@ def error_table() -> list[tuple[str, str, str, int, str]]:
         )
         for cls in ERROR_CLASSES
     ]
+
+
+# The HTTP status of each gRPC status a back-end answers with, when its method is called
+# over HTTP/JSON (transcoding, ``gateway.transcode``): google/rpc/code.proto's mapping, as
+# grpc-gateway and Google's API front ends apply it. The errors above are the gateway's
+# own; these are the back-ends', passed on. docs/mesh.md prints the table.
+GRPC_HTTP_STATUS: dict[str, int] = {
+    "OK": 200,
+    "CANCELLED": 499,
+    "UNKNOWN": 500,
+    "INVALID_ARGUMENT": 400,
+    "DEADLINE_EXCEEDED": 504,
+    "NOT_FOUND": 404,
+    "ALREADY_EXISTS": 409,
+    "PERMISSION_DENIED": 403,
+    "RESOURCE_EXHAUSTED": 429,
+    "FAILED_PRECONDITION": 400,
+    "ABORTED": 409,
+    "OUT_OF_RANGE": 400,
+    "UNIMPLEMENTED": 501,
+    "INTERNAL": 500,
+    "UNAVAILABLE": 503,
+    "DATA_LOSS": 500,
+    "UNAUTHENTICATED": 401,
+}
+
+
+def http_status_of(grpc_status: str) -> int:
+    """The HTTP status of a back-end's gRPC status name (500 for a name gRPC does not have)."""
+    return GRPC_HTTP_STATUS.get(grpc_status, 500)

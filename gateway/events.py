@@ -43,9 +43,12 @@ def _decode(body: bytes, seq: int) -> message_pb2.Message:
 class Subscription:
     """One subscriber's cursor over a user's event log."""
 
-    def __init__(self, store: Store, user: str, buffer_max: int):
+    def __init__(self, store: Store, user: str, buffer_max: int, owner: object | None = None):
+        """``owner`` (a connection) does not get back the messages it published itself."""
         self._store = store
         self._user = user
+        self._owner = owner
+        self._skip: set[int] = set()
         self._buffer_max = max(buffer_max, 1)
         self._buffer: dict[int, message_pb2.Message] = {}
         self._next = 0  # the seq to yield next; 0 until ``start`` placed the cursor
@@ -69,8 +72,10 @@ class Subscription:
         for seq in [s for s in self._buffer if s < self._next]:
             del self._buffer[seq]
 
-    def offer(self, msg: message_pb2.Message) -> None:
-        """A message this process appended (its seq is set)."""
+    def offer(self, msg: message_pb2.Message, origin: object | None = None) -> None:
+        """A message this process appended (its seq is set), published by ``origin``."""
+        if origin is not None and origin is self._owner:
+            self._skip.add(msg.seq)
         self._known = max(self._known, msg.seq)
         if msg.seq >= self._next and len(self._buffer) < self._buffer_max:
             self._buffer[msg.seq] = msg
@@ -95,6 +100,9 @@ class Subscription:
             msg = self._buffer.pop(self._next, None)
             if msg is not None:
                 self._next += 1
+                if msg.seq in self._skip:
+                    self._skip.discard(msg.seq)
+                    continue
                 return msg
             if self._known >= self._next:
                 await self._read_log()
@@ -114,6 +122,7 @@ class Subscription:
         page = await self._store.events_after(self._user, self._next - 1, min(PAGE, room))
         if page.reset:
             self._buffer.clear()
+            self._skip.clear()
             self._reset = make_reset(page.last_seq)
             self._next = page.last_seq + 1
         for event in page.events:
@@ -147,15 +156,18 @@ class EventHub:
             self._watcher.cancel()
             await asyncio.gather(self._watcher, return_exceptions=True)
 
-    async def publish(self, user: str, msg: message_pb2.Message) -> message_pb2.Message:
+    async def publish(
+        self, user: str, msg: message_pb2.Message, origin: object | None = None
+    ) -> message_pb2.Message:
         """Append ``msg`` to the user's log (``msg.seq`` becomes its seq) and hand it to
-        this process's subscribers. Raises ``StoreUnavailable`` when the log cannot
-        be written: the message was then not delivered."""
+        this process's subscribers, except the one owned by ``origin`` (the connection
+        that sent it). Raises ``StoreUnavailable`` when the log cannot be written: the
+        message was then not delivered."""
         msg.seq = 0
         seq = await self._store.append_event(user, msg.SerializeToString())
         msg.seq = seq
         for sub in self._subscribers.get(user, ()):
-            sub.offer(msg)
+            sub.offer(msg, origin)
         if seq % TRIM_EVERY == 0:
             await self.trim(user)
         return msg
@@ -163,10 +175,13 @@ class EventHub:
     async def trim(self, user: str) -> None:
         await self._store.trim_events(user, self._log_max_len, self._log_max_age_s)
 
-    async def subscribe(self, user: str, after_seq: int = 0) -> Subscription:
+    async def subscribe(
+        self, user: str, after_seq: int = 0, owner: object | None = None
+    ) -> Subscription:
         """Open a subscription after ``after_seq`` (0: from now on). Its first message is
-        a ``reset`` when that point is no longer in the log."""
-        sub = Subscription(self._store, user, self._buffer_max)
+        a ``reset`` when that point is no longer in the log. What ``owner`` publishes
+        does not come back to it."""
+        sub = Subscription(self._store, user, self._buffer_max, owner)
         self._subscribers.setdefault(user, set()).add(sub)
         try:
             if after_seq:

@@ -6,7 +6,8 @@ the route's timeout, which the back-end is told as the time left. Every
 attempt asks the back-end's circuit breaker first (an open breaker refuses at
 once, without touching the network) and reports its outcome back. While the
 back-end has not answered the message yet, an UNAVAILABLE attempt is retried,
-if the back-end's retry budget allows it.
+if the back-end's retry budget allows it. Each attempt has its span, whose trace
+context the back-end receives with the message (``gateway.tracing``).
 """
 
 from __future__ import annotations
@@ -17,9 +18,10 @@ import time
 from collections.abc import AsyncIterator
 
 import grpc
+from opentelemetry.context import Context
 
 from dialog.v1 import message_pb2
-from gateway import metrics
+from gateway import metrics, spans, tracing
 from gateway.backoff import backoff_delay_s
 from gateway.breaker import Outcome
 from gateway.config import BackendConfig
@@ -76,14 +78,16 @@ class Upstreams:
         return stream
 
     async def forward(
-        self, backend: str, msg: message_pb2.Message
+        self, backend: str, msg: message_pb2.Message, *, trace_parent: Context | None = None
     ) -> AsyncIterator[message_pb2.Message]:
         """Yield the back-end's replies to ``msg`` up to and including the final one.
 
         Raises ``BackendUnavailable`` before any reply when the back-end cannot be
         reached: its circuit breaker is open, or every attempt the retry policy,
-        the timeout and the retry budget allowed failed with UNAVAILABLE.
+        the timeout and the retry budget allowed failed with UNAVAILABLE. The span of
+        each attempt is a child of ``trace_parent`` (by default the current context).
         """
+        parent = trace_parent if trace_parent is not None else tracing.current_context()
         config = self._pool.configs[backend]
         started = time.monotonic()
         deadline = asyncio.get_running_loop().time() + config.timeout_ms / 1000
@@ -94,7 +98,8 @@ class Upstreams:
                 if attempt > 1 and not await self._wait_to_retry(config, attempt, deadline):
                     break
                 try:
-                    async for reply in self._attempt(backend, msg, started, deadline):
+                    attempted = self._attempt(backend, msg, started, deadline, attempt, parent)
+                    async for reply in attempted:
                         yield reply
                     return
                 except _Retry as retry:
@@ -105,7 +110,7 @@ class Upstreams:
             raise
         finally:
             metrics.BACKEND_SECONDS.labels(backend=backend, code=code).observe(
-                time.monotonic() - started
+                time.monotonic() - started, exemplar=tracing.exemplar_of(parent)
             )
 
     async def _wait_to_retry(self, config: BackendConfig, attempt: int, deadline: float) -> bool:
@@ -120,41 +125,65 @@ class Upstreams:
         return True
 
     async def _attempt(
-        self, backend: str, msg: message_pb2.Message, started: float, deadline: float
+        self,
+        backend: str,
+        msg: message_pb2.Message,
+        started: float,
+        deadline: float,
+        attempt: int,
+        parent: Context,
     ) -> AsyncIterator[message_pb2.Message]:
-        permit = self._pool.admit(backend)
+        target = self._pool.configs[backend].target
+        span = spans.backend_span(self._pool.tracer, backend, target, msg.id, attempt, parent)
+        status = "UNAVAILABLE"  # refused by the breaker, before any network
+        try:
+            permit = self._pool.admit(backend)
+        except BaseException:
+            spans.end_rpc(span, status, client=True)
+            raise
         outcome = Outcome.ABANDONED
+        status = "UNKNOWN"
         stream: BackendStream | None = None
         answered = False
         try:
             stream = await self._stream(backend)
-            replies = stream.submit(msg, deadline)
+            replies = stream.submit(msg, deadline, tracing.carrier(span))
             while True:
                 try:
                     reply = await self._next(stream, replies, deadline, backend)
                 except BackendTimeout:
-                    outcome = Outcome.FAILED
+                    outcome, status = Outcome.FAILED, "DEADLINE_EXCEEDED"
                     raise
                 if isinstance(reply, StreamFailed):
-                    outcome = _outcome_of(reply)
+                    outcome, status = _outcome_of(reply), reply.code.name
                     if not answered and reply.code in RETRYABLE:
                         raise _Retry(reply)
                     raise _error_for(reply, backend)
                 if not answered:
                     answered = True
                     metrics.FIRST_REPLY_SECONDS.labels(backend=backend).observe(
-                        time.monotonic() - started
+                        time.monotonic() - started, exemplar=tracing.exemplar(span)
                     )
                 if is_final(reply):
                     # Settled before the yield: the caller may stop at the final reply.
-                    outcome = Outcome.SUCCEEDED
+                    outcome, status = Outcome.SUCCEEDED, "OK"
+                    spans.end_rpc(span, status, client=True)
                     yield reply
                     return
                 yield reply
+        except (GeneratorExit, asyncio.CancelledError):
+            if status != "OK":
+                status = "CANCELLED"  # the caller stopped waiting
+            raise
+        except DialogError as exc:
+            status = exc.grpc_status if status == "UNKNOWN" else status
+            raise
         finally:
             if stream is not None:
                 stream.forget(msg.id)
             self._pool.settle(backend, permit, outcome)
+            if status != "OK":
+                spans.end_rpc(span, status, client=True)
 
     @staticmethod
     async def _next(

@@ -197,3 +197,28 @@ STORE_UP = Gauge(
     "1 while the message store (SQLite or Redis) answers the health check, else 0",
     registry=REGISTRY,
 )
+
+# Calls the public gRPC port proxies to back-ends (gateway/grpc/proxy.py), with the names and
+# labels of grpc-ecosystem's server metrics: grpc_type is unary, client_stream, server_stream or
+# bidi_stream; grpc_service is a routed service; grpc_method is a method its descriptor names
+# (grpc_type and grpc_method are "unknown" for a method no merged descriptor describes);
+# grpc_code is a status code name (OK, UNAVAILABLE, ...).
+GRPC_STARTED = Counter(
+    "grpc_server_started_total",
+    "Proxied gRPC calls started on the public port.",
+    ["grpc_type", "grpc_service", "grpc_method"],
+    registry=REGISTRY,
+)
+GRPC_HANDLED = Counter(
+    "grpc_server_handled_total",
+    "Proxied gRPC calls completed on the public port, by status code.",
+    ["grpc_type", "grpc_service", "grpc_method", "grpc_code"],
+    registry=REGISTRY,
+)
+GRPC_HANDLING_SECONDS = Histogram(
+    "grpc_server_handling_seconds",
+    "Time from the start of a proxied gRPC call until its status was sent.",
+    ["grpc_type", "grpc_service", "grpc_method"],
+    buckets=LATENCY_BUCKETS,
+    registry=REGISTRY,
+)

@@ -9,7 +9,9 @@ A failed delivery is retried in place after an exponential back-off with jitter
 ``MAX_DELIVERY_ATTEMPTS`` the entry moves to the dead letters and the user is told.
 While a back-end's circuit breaker is open the worker waits instead of burning
 attempts. An entry held by a replica that died is claimed by another one once it
-has been idle for the lease (the route timeout plus the longest back-off).
+has been idle for the lease (the route timeout plus the longest back-off), and a
+message a dead gateway was delivering directly is queued once its in-flight lease
+has passed (``Store.requeue_stale_inflight``).
 """
 
 from __future__ import annotations
@@ -31,6 +33,8 @@ log = logging.getLogger(__name__)
 BATCH = 16
 POLL_S = 1.0
 LEASE_MARGIN_S = 5.0
+SWEEP_S = 2.0
+SWEEP_BATCH = 256
 STORE_RETRY = RetryPolicy(max_attempts=0, initial_backoff_ms=200, max_backoff_ms=5000)
 
 Deliver = Callable[[str, QueuedWork], Awaitable[None]]
@@ -74,6 +78,7 @@ class Redelivery:
             asyncio.create_task(self._run(backend), name=f"redelivery-{backend}")
             for backend in self._wakes
         ]
+        self._tasks.append(asyncio.create_task(self._sweep(), name="redelivery-sweep"))
 
     def wake(self, backend: str) -> None:
         """Something was just queued for ``backend``."""
@@ -83,6 +88,19 @@ class Redelivery:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    async def _sweep(self) -> None:
+        """Queue the in-flight messages of gateways that died before settling them."""
+        while True:
+            await asyncio.sleep(SWEEP_S)
+            try:
+                moved = await self._store.requeue_stale_inflight(SWEEP_BATCH)
+            except StoreUnavailable:
+                continue
+            if moved:
+                log.warning("queued %d in-flight messages left by a stopped gateway", moved)
+                for wake in self._wakes.values():
+                    wake.set()
 
     async def _run(self, backend: str) -> None:
         wake, failures = self._wakes[backend], 0

@@ -22,6 +22,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 
 from gateway.config import GatewayConfig
+from gateway.grpc.reflection import BackendReflection
 from gateway.grpc.server import build_grpc_server
 from gateway.health import HealthMonitor
 from gateway.http.app import build_admin_app, build_app
@@ -29,6 +30,7 @@ from gateway.http.protocol import guarded_protocol
 from gateway.lifecycle import Drain
 from gateway.service import DialogService
 from gateway.tls import PublicTls, TlsFiles, reload_on_request
+from gateway.tracing import Tracing, TracingConfig, start_tracing
 
 log = logging.getLogger(__name__)
 # uvicorn's last wait for its connections once the listeners close; by then the drain
@@ -115,13 +117,19 @@ def http_config(
 
 
 async def serve(
-    config: GatewayConfig, base_dir: Path = Path("."), ready: asyncio.Event | None = None
+    config: GatewayConfig,
+    base_dir: Path = Path("."),
+    ready: asyncio.Event | None = None,
+    *,
+    traces: TracingConfig | None = None,
 ) -> None:
     """Serve until SIGINT or SIGTERM, then drain and return within ``DRAIN_TIMEOUT_S``;
-    SIGHUP reloads the TLS certificates."""
+    SIGHUP reloads the TLS certificates. Spans are exported as ``traces`` says (nowhere
+    without it)."""
     # Read the certificates first: unusable files stop the start before anything opens.
     tls = PublicTls(TlsFiles.from_config(config, base_dir)) if config.tls else None
-    service = DialogService(config, base_dir=base_dir)
+    tracing = start_tracing(traces) if traces is not None else Tracing()
+    service = DialogService(config, base_dir=base_dir, tracer=tracing.tracer)
     await service.start()
     health_servicer = health_aio.HealthServicer()
     monitor = HealthMonitor(
@@ -133,8 +141,17 @@ async def serve(
         ready=service.authenticator.jwks_available,
         store=service.store_ok,
     )
+    reflection = BackendReflection(
+        service.pool.channels,
+        config.routes,
+        refresh_s=config.reflection_refresh_ms / 1000,
+        timeout_s=config.reflection_timeout_ms / 1000,
+    )
     grpc_server, grpc_port = build_grpc_server(
-        service, health_servicer, credentials=tls.grpc_credentials() if tls else None
+        service,
+        health_servicer,
+        reflection,
+        credentials=tls.grpc_credentials() if tls else None,
     )
     servers = _http_servers(config, service, monitor, tls)
     stop = asyncio.Event()
@@ -148,6 +165,7 @@ async def serve(
         stop_task = tasks.create_task(stop.wait(), name="stop-signal")
         background = [
             tasks.create_task(monitor.run(), name="health-monitor"),
+            tasks.create_task(reflection.run(), name="backend-reflection"),
             tasks.create_task(reload_on_request(tls, reload_requested), name="tls-reload"),
             stop_task,
         ]
@@ -171,6 +189,7 @@ async def serve(
         for task in background:
             task.cancel()
     await service.close()
+    await asyncio.to_thread(tracing.shutdown)  # exports the last spans
 
 
 def _http_servers(

@@ -6,7 +6,9 @@ Surfaces (gRPC, HTTP, WebSocket) only translate their transport into calls on
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import enum
 import os
 import secrets
 import socket
@@ -16,8 +18,11 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from opentelemetry.context import Context
+from opentelemetry.trace import Tracer
+
 from dialog.v1 import message_pb2
-from gateway import metrics
+from gateway import metrics, tracing
 from gateway.auth import Identity, bearer_token, one_authorization, require_scopes
 from gateway.authenticator import Authenticator
 from gateway.config import GatewayConfig
@@ -44,14 +49,38 @@ from gateway.routing import RouteTable
 from gateway.store import DedupStatus, EntityVerdict, Store
 from gateway.store.connect import connect_store
 from gateway.tickets import TicketBook
-from gateway.translate import QUEUED, accept_client_message, make_ack, make_error, set_time
+from gateway.translate import (
+    QUEUED,
+    accept_client_message,
+    is_final,
+    make_ack,
+    make_error,
+    set_time,
+)
 from gateway.upstream import BackendPool
-
-PENDING_MARGIN_S = 30.0
 
 
 def new_id() -> str:
     return uuid.uuid4().hex
+
+
+class Settled(enum.Enum):
+    """How a forwarded message ended, which decides what happens to its in-flight record."""
+
+    DELIVERED = "delivered"  # its final reply is in
+    QUEUED = "queued"  # moved into the durable queue
+    ABANDONED = "abandoned"  # its client went away first: queued, to be delivered later
+    FAILED = "failed"  # reported to its client as an error: forgotten
+
+
+def _with_seq(stored: message_pb2.Message, seq: int) -> message_pb2.Message:
+    """What the back-end receives: the stored message, with its entity seq (or 0)."""
+    if stored.seq == seq:
+        return stored
+    out = message_pb2.Message()
+    out.CopyFrom(stored)
+    out.seq = seq
+    return out
 
 
 @dataclass(frozen=True)
@@ -61,7 +90,10 @@ class Admission:
     ``key`` is the idempotency key the store holds for it (empty when the gateway chose
     the id); ``replay`` is the recorded outcome when the id was seen before (or an
     empty one for an entity seq applied before). ``entity`` is the store key of the
-    entity whose seq ``entity_seq`` the message holds.
+    entity whose seq ``entity_seq`` the message holds. ``work`` is what the back-end
+    gets, kept durably in the store as ``inflight`` until the message is settled.
+    ``trace`` is the trace context the message was admitted in: its back-end calls'
+    spans are its children.
     """
 
     stored: message_pb2.Message
@@ -70,6 +102,9 @@ class Admission:
     replay: Outcome | None = None
     entity: str = ""
     entity_seq: int = 0
+    work: QueuedWork | None = None
+    inflight: str = ""
+    trace: Context | None = None
 
 
 class DialogService:
@@ -81,9 +116,11 @@ class DialogService:
         *,
         base_dir: Path = Path("."),
         clock: Callable[[], float] = time.time,
+        tracer: Tracer = tracing.NO_TRACER,
     ):
         self.config = config
         self.clock = clock
+        self.tracer = tracer
         self.base_dir = base_dir
         self.store: Store | None = None
         self.hub: EventHub | None = None
@@ -103,6 +140,7 @@ class DialogService:
             breaker_open_ms=config.breaker_open_ms,
             retry_budget_ratio=config.retry_budget_ratio,
             retry_budget_min_per_s=config.retry_budget_min_per_s,
+            tracer=tracer,
         )
 
     async def start(self) -> None:
@@ -170,7 +208,13 @@ class DialogService:
         reason = metrics.auth_reason(exc.message)
         metrics.AUTH_FAILURES.labels(surface=surface, reason=reason).inc()
 
-    async def admit(self, identity: Identity, msg: message_pb2.Message, surface: str) -> Admission:
+    async def admit(
+        self,
+        identity: Identity,
+        msg: message_pb2.Message,
+        surface: str,
+        origin: object | None = None,
+    ) -> Admission:
         """Rate-limit, stamp, route and order a client message; append it to the user's
         event log.
 
@@ -188,15 +232,7 @@ class DialogService:
         if self.inflight >= self.config.max_inflight:
             metrics.RATE_LIMITED.labels(surface=surface, limit="inflight").inc()
             raise ServerBusy("the gateway is busy; try again shortly", retry_after_s=1)
-        retry_after = await store.rate_acquire(
-            identity.subject,
-            self.config.rate_limit_max,
-            self.config.rate_limit_window_s,
-            self.clock(),
-        )
-        if retry_after is not None:
-            metrics.RATE_LIMITED.labels(surface=surface, limit="messages").inc()
-            raise RateLimited("too many messages; slow down", retry_after_s=retry_after)
+        await self.rate_limit(identity, surface)
         entity_seq = msg.seq if msg.context.entity else 0
         stored = accept_client_message(msg, now_s=self.clock(), new_id=new_id)
         route = self.routes.resolve(stored)
@@ -209,7 +245,7 @@ class DialogService:
         key = ""
         if msg.id:
             key = dedup_key(identity.subject, msg.id)
-            timeout_s = self.pool.configs[backend].timeout_ms / 1000 + PENDING_MARGIN_S
+            timeout_s = self._pending_s(backend)
             result = await store.remember(key, fingerprint(stored), timeout_s)
             if result.status is DedupStatus.CONFLICT:
                 raise IdempotencyConflict(f"message id {msg.id!r} was used with another body")
@@ -229,7 +265,18 @@ class DialogService:
                     # Applied before: acknowledged, not forwarded again.
                     stored.seq = entity_seq
                     return Admission(stored, backend, replay=Outcome(stored, ()))
-            await hub.publish(identity.subject, stored)
+            await hub.publish(identity.subject, stored, origin)
+            work = QueuedWork(
+                user=identity.subject,
+                client=identity.client,
+                key=key,
+                entity=entity,
+                log_seq=stored.seq,
+                message=_with_seq(stored, entity_seq),
+            )
+            # Durable before the ack: if this process dies, the message is queued.
+            lease_s = self._pending_s(backend)
+            inflight = await store.track_inflight(stored.id, backend, work.encode(), lease_s)
         except BaseException:
             if entity:
                 await store.release_entity_seq(entity, entity_seq)
@@ -237,7 +284,30 @@ class DialogService:
                 await store.forget(key)
             raise
         metrics.MESSAGES.labels(surface=surface, backend=backend).inc()
-        return Admission(stored, backend, key, entity=entity, entity_seq=entity_seq)
+        return Admission(
+            stored,
+            backend,
+            key,
+            entity=entity,
+            entity_seq=entity_seq,
+            work=work,
+            inflight=inflight,
+            trace=tracing.current_context(),
+        )
+
+    async def rate_limit(self, identity: Identity, surface: str) -> None:
+        """Count one message (or proxied gRPC call) in the user's sliding window, shared by
+        every surface and replica; over ``RATE_LIMIT_MAX`` per window, raise ``RateLimited``."""
+        store, _ = self._ready()
+        retry_after = await store.rate_acquire(
+            identity.subject,
+            self.config.rate_limit_max,
+            self.config.rate_limit_window_s,
+            self.clock(),
+        )
+        if retry_after is not None:
+            metrics.RATE_LIMITED.labels(surface=surface, limit="messages").inc()
+            raise RateLimited("too many messages; slow down", retry_after_s=retry_after)
 
     async def _order(
         self, identity: Identity, stored: message_pb2.Message, seq: int, surface: str
@@ -269,97 +339,97 @@ class DialogService:
 
         A back-end that is unavailable before it answered does not fail the message: it
         goes to the durable inbound queue, and the one reply is an ack with
-        ``data.status`` "queued"; its replies reach the user's event log later. The
-        outcome is recorded for repeats once the final reply is in; a message that
-        failed is forgotten (and its entity seq released), so that its retry is
-        forwarded again."""
+        ``data.status`` "queued"; its replies reach the user's event log later. So does
+        a message whose client went away before its answer ended. The outcome is
+        recorded for repeats once the final reply is in; a message that failed is
+        forgotten (and its entity seq released), so that its retry is forwarded again."""
         if admission.replay is not None:
             for reply in admission.replay.replies:
                 yield reply
             return
         store, _ = self._ready()
-        work = QueuedWork(
-            user=identity.subject,
-            client=identity.client,
-            key=admission.key,
-            entity=admission.entity,
-            log_seq=admission.stored.seq,
-            message=self._forwarded(admission),
-        )
-        settled = False
+        work = admission.work
+        assert work is not None  # every admission that is not a replay has its work
+        settled = Settled.FAILED
         self.inflight += 1
         try:
             if admission.entity and await store.queue_depth(admission.backend):
                 # Messages are queued for this back-end: an ordered one waits its turn.
-                yield await self._enqueue(admission.backend, work)
-                settled = True
+                settled = Settled.QUEUED
+                yield await self._queue(admission, work)
                 return
             answered = 0
             try:
-                answers = self._forward(upstreams, admission.backend, work)
+                answers = self._forward(upstreams, admission.backend, work, admission.trace)
                 async for reply in self.drain.bounded(answers):
                     answered += 1
+                    if is_final(reply):
+                        settled = Settled.DELIVERED  # answered, whatever the client does now
                     yield reply
-                settled = True
             except BackendUnavailable:
                 if answered:
                     raise
-                yield await self._enqueue(admission.backend, work)
-                settled = True
+                settled = Settled.QUEUED
+                yield await self._queue(admission, work)
+        except (asyncio.CancelledError, GeneratorExit):
+            if settled is Settled.FAILED:
+                settled = Settled.ABANDONED
+            raise
         finally:
             self.inflight -= 1
-            if not settled:
-                with contextlib.suppress(Exception):
-                    await self._unsettle(store, work)
+            with contextlib.suppress(Exception):
+                await self._settle(admission, work, settled)
 
-    def _forwarded(self, admission: Admission) -> message_pb2.Message:
-        """What the back-end receives: the stored message, with its entity seq."""
-        if admission.stored.seq == admission.entity_seq:
-            return admission.stored
-        out = message_pb2.Message()
-        out.CopyFrom(admission.stored)
-        out.seq = admission.entity_seq
-        return out
+    async def _settle(self, admission: Admission, work: QueuedWork, settled: Settled) -> None:
+        """Settle the in-flight record of an answered, abandoned or failed message."""
+        store, _ = self._ready()
+        if settled is Settled.DELIVERED:
+            await store.settle_inflight(admission.inflight)
+        elif settled is Settled.ABANDONED:
+            # Its client went away: acknowledged all the same, so delivered later.
+            await self._queue(admission, work)
+        elif settled is Settled.FAILED:
+            await store.settle_inflight(admission.inflight)
+            if work.entity:
+                await store.release_entity_seq(work.entity, work.message.seq)
+            if work.key:
+                await store.forget(work.key)
 
     async def _forward(
-        self, upstreams: Upstreams, backend: str, work: QueuedWork
+        self,
+        upstreams: Upstreams,
+        backend: str,
+        work: QueuedWork,
+        trace_parent: Context | None = None,
     ) -> AsyncIterator[message_pb2.Message]:
-        """Forward ``work.message``, append each reply to the user's log, yield it, and
-        record the outcome for repeats."""
+        """Forward ``work.message``, append each reply to the user's log and yield it; the
+        outcome for repeats is recorded before the final reply is yielded."""
         store, hub = self._ready()
         msg, answered = work.message, []
-        async for reply in upstreams.forward(backend, msg):
+        async for reply in upstreams.forward(backend, msg, trace_parent=trace_parent):
             reply.context.reply_to = msg.id
             if not reply.context.conversation_id:
                 reply.context.conversation_id = msg.context.conversation_id
             set_time(reply, self.clock())
             answered.append(await hub.publish(work.user, reply))
+            if work.key and is_final(reply):
+                outcome = Outcome.of(work.logged(), answered).encode()
+                await store.record_outcome(work.key, outcome, self.config.dedup_ttl_s)
             yield reply
-        if work.key:
-            outcome = Outcome.of(work.logged(), answered).encode()
-            await store.record_outcome(work.key, outcome, self.config.dedup_ttl_s)
 
-    async def _enqueue(self, backend: str, work: QueuedWork) -> message_pb2.Message:
-        """Keep ``work`` in the durable queue; the ack that says so (also what a repeat
-        of its id gets until it is delivered)."""
+    async def _queue(self, admission: Admission, work: QueuedWork) -> message_pb2.Message:
+        """Move the in-flight message into the durable queue; the ack that says so (also
+        what a repeat of its id gets until it is delivered)."""
         store, _ = self._ready()
-        await store.enqueue(work.message.id, backend, work.encode())
+        await store.settle_inflight(admission.inflight, requeue=True)
         queued = make_ack(work.logged(), status=QUEUED)
         if work.key:
             outcome = Outcome(work.logged(), (queued,)).encode()
             await store.record_outcome(work.key, outcome, self.config.dedup_ttl_s)
-        metrics.QUEUED.labels(backend=backend).inc()
+        metrics.QUEUED.labels(backend=admission.backend).inc()
         if self.redelivery is not None:
-            self.redelivery.wake(backend)
+            self.redelivery.wake(admission.backend)
         return queued
-
-    @staticmethod
-    async def _unsettle(store: Store, work: QueuedWork) -> None:
-        """Undo what admitted a message that was neither answered nor queued."""
-        if work.entity:
-            await store.release_entity_seq(work.entity, work.message.seq)
-        if work.key:
-            await store.forget(work.key)
 
     async def _deliver_queued(self, backend: str, work: QueuedWork) -> None:
         """Deliver a queued message; its replies go to the user's event log."""
@@ -386,6 +456,11 @@ class DialogService:
         with contextlib.suppress(StoreUnavailable):
             await hub.publish(work.user, make_error(BackendFailed(message), work.message.id))
 
+    def _pending_s(self, backend: str) -> float:
+        """How long a message to ``backend`` may be in flight: its id is held that long,
+        and its in-flight record is queued again after it (its gateway died)."""
+        return (self.pool.configs[backend].timeout_ms + self.config.inflight_margin_ms) / 1000
+
     def _delivering(self, backend: str) -> bool:
         """Whether queued messages may go to ``backend`` now: not while its breaker is
         open, nor once the process drains (they wait in the store for the next one)."""
@@ -400,11 +475,14 @@ class DialogService:
             raise StoreUnavailable("the message store is not open yet")
         return self.store, self.hub
 
-    async def subscribe(self, identity: Identity, after_seq: int = 0) -> Subscription:
+    async def subscribe(
+        self, identity: Identity, after_seq: int = 0, owner: object | None = None
+    ) -> Subscription:
         """The user's event stream after ``after_seq`` (0: from now on); its first
-        message is a ``reset`` when that point was trimmed."""
+        message is a ``reset`` when that point was trimmed. Messages that ``owner`` (a
+        connection) sends, passed to ``admit`` as their ``origin``, are left out."""
         _, hub = self._ready()
-        return await hub.subscribe(identity.subject, after_seq)
+        return await hub.subscribe(identity.subject, after_seq, owner)
 
     def unsubscribe(self, identity: Identity, sub: Subscription) -> None:
         if self.hub is not None:

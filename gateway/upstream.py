@@ -21,10 +21,11 @@ from typing import Any
 
 import grpc
 from google.protobuf import duration_pb2
+from opentelemetry.trace import Tracer
 
 from dialog.backend.v1 import backend_pb2, backend_pb2_grpc
 from dialog.v1 import message_pb2
-from gateway import metrics
+from gateway import metrics, tracing
 from gateway.breaker import (
     GAUGE_VALUE,
     BreakerPolicy,
@@ -55,6 +56,8 @@ class StreamFailed:
 
 
 Reply = message_pb2.Message | StreamFailed
+# A message waiting to be written: its deadline (event-loop time) and trace labels.
+Outgoing = tuple[message_pb2.Message, float | None, Mapping[str, str]]
 
 
 def _read(base_dir: Path, path: str) -> bytes:
@@ -83,7 +86,7 @@ class BackendPool:
 
     ``clock`` (monotonic seconds) times the breakers and budgets; the
     ``breaker_*`` and ``retry_budget_*`` arguments are the gateway settings of
-    the same names.
+    the same names. ``tracer`` makes the span of each call to a back-end.
     """
 
     def __init__(
@@ -97,10 +100,12 @@ class BackendPool:
         retry_budget_ratio: float = 0.2,
         retry_budget_min_per_s: float = 10.0,
         clock: Callable[[], float] = time.monotonic,
+        tracer: Tracer = tracing.NO_TRACER,
     ):
         self.configs: Mapping[str, BackendConfig] = {b.name: b for b in routes.backends}
         self.channels: dict[str, grpc.aio.Channel] = {}
         self._clock = clock
+        self.tracer = tracer
         budget = RetryBudgetPolicy(ratio=retry_budget_ratio, min_per_s=retry_budget_min_per_s)
         self._breakers: dict[str, CircuitBreaker] = {}
         self._budgets: dict[str, RetryBudget] = {}
@@ -229,9 +234,7 @@ class BackendStream:
             metadata.append((CLIENT_METADATA_KEY, client))
         self._call = stub.Converse(metadata=tuple(metadata))
         self._pending: dict[str, asyncio.Queue[Reply]] = {}
-        self._outbox: asyncio.Queue[tuple[message_pb2.Message, float | None]] = asyncio.Queue(
-            OUTBOX_MAX
-        )
+        self._outbox: asyncio.Queue[Outgoing] = asyncio.Queue(OUTBOX_MAX)
         self.failure: StreamFailed | None = None
         self._reader = asyncio.create_task(self._read_loop(), name=f"upstream-read:{backend}")
         self._writer = asyncio.create_task(self._write_loop(), name=f"upstream-write:{backend}")
@@ -241,12 +244,17 @@ class BackendStream:
         return self.failure is None
 
     def submit(
-        self, msg: message_pb2.Message, deadline: float | None = None
+        self,
+        msg: message_pb2.Message,
+        deadline: float | None = None,
+        trace: Mapping[str, str] | None = None,
     ) -> asyncio.Queue[Reply]:
         """Queue ``msg`` for the back-end and return the queue its replies arrive on.
 
         ``deadline`` (event-loop time) is when the gateway gives up on ``msg``; the
-        back-end is told the time left when the message is written.
+        back-end is told the time left when the message is written. ``trace`` (the
+        ``traceparent`` and ``tracestate`` of the call's span) replaces whatever trace
+        labels ``msg`` has in what the back-end receives.
         """
         if msg.id in self._pending:
             raise InvalidMessage(f"message {msg.id!r} is already in flight")
@@ -257,7 +265,7 @@ class BackendStream:
             replies.put_nowait(self.failure)
             return replies
         self._pending[msg.id] = replies
-        self._outbox.put_nowait((msg, deadline))
+        self._outbox.put_nowait((msg, deadline, trace or {}))
         return replies
 
     def forget(self, msg_id: str) -> None:
@@ -271,7 +279,10 @@ class BackendStream:
                 batch = [await self._outbox.get()]
                 while not self._outbox.empty() and len(batch) < MAX_BATCH:
                     batch.append(self._outbox.get_nowait())
-                await self._call.write(time_left_request(batch, loop.time()))
+                request = time_left_request([(m, d) for m, d, _ in batch], loop.time())
+                for sent, (_, _, trace) in zip(request.messages, batch, strict=True):
+                    tracing.set_labels(sent, trace)
+                await self._call.write(request)
         except grpc.aio.AioRpcError as exc:
             self._fail(exc.code(), exc.details() or "")
         except (grpc.aio.UsageError, asyncio.InvalidStateError):

@@ -1,4 +1,8 @@
-"""``dialog.v1.Gateway`` over native gRPC: translation only, the work is in ``DialogService``."""
+"""``dialog.v1.Gateway`` over native gRPC: translation only, the work is in ``DialogService``.
+
+Each call has its span, a child of the ``traceparent`` in its metadata; a ``Converse``
+message with a ``traceparent`` label has its own parent (``gateway.conversation``).
+"""
 
 from __future__ import annotations
 
@@ -9,8 +13,10 @@ import time
 from collections.abc import AsyncIterator
 from typing import TypeVar
 
+from opentelemetry.trace import Span
+
 from dialog.v1 import gateway_pb2, gateway_pb2_grpc, message_pb2
-from gateway import metrics
+from gateway import metrics, spans, tracing
 from gateway.auth import Identity
 from gateway.conversation import Conversation
 from gateway.errors import DialogError, Internal, Unauthenticated
@@ -57,6 +63,11 @@ def _authorization(context: Context) -> list[str]:
     return [str(v) for k, v in context.invocation_metadata() or () if k == "authorization"]
 
 
+def _span(service: DialogService, method: str, context: Context) -> Span:
+    metadata = context.invocation_metadata()
+    return spans.grpc_server_span(service.tracer, method, metadata, context.peer())
+
+
 class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
     """Send, Converse and Subscribe for native gRPC clients."""
 
@@ -73,10 +84,13 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
         self, request: gateway_pb2.SendRequest, context: Context
     ) -> AsyncIterator[gateway_pb2.SendResponse]:
         started, code = time.monotonic(), "OK"
+        span = _span(self._service, "Send", context)
         try:
             identity = await self._identity(context)
             validate_client_message(request.message)
-            admission = await self._service.admit(identity, request.message, SURFACE)
+            tracing.take_from_labels(request.message)  # the metadata carries the call's
+            with tracing.current(span):
+                admission = await self._service.admit(identity, request.message, SURFACE)
             ack = make_ack(admission.stored, replay=admission.replay is not None)
             yield gateway_pb2.SendResponse(message=ack)
             upstreams = self._service.upstreams(identity)
@@ -90,7 +104,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
             code = exc.grpc_status
             await abort(context, exc)
         finally:
-            _observe("Send", code, started)
+            _observe("Send", code, started, span)
 
     async def Converse(
         self,
@@ -98,18 +112,20 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
         context: Context,
     ) -> AsyncIterator[gateway_pb2.ConverseResponse]:
         started, code = time.monotonic(), "OK"
+        span = _span(self._service, "Converse", context)
         try:
             identity = await self._identity(context)
         except DialogError as exc:
-            _observe("Converse", exc.grpc_status, started)
+            _observe("Converse", exc.grpc_status, started, span)
             await abort(context, exc)
             return
         outbox: asyncio.Queue[message_pb2.Message | None] = asyncio.Queue(
             self._service.config.outbound_queue_max
         )
-        pump = asyncio.create_task(
-            self._pump(identity, request_iterator, outbox), name="converse-requests"
-        )
+        with tracing.current(span):  # the parent of its messages' spans
+            pump = asyncio.create_task(
+                self._pump(identity, request_iterator, outbox), name="converse-requests"
+            )
         try:
             async for msg in _until_expiry(self._service, identity, _queued(outbox)):
                 yield gateway_pb2.ConverseResponse(message=msg)
@@ -120,7 +136,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
         finally:
             pump.cancel()
             await asyncio.gather(pump, return_exceptions=True)
-            _observe("Converse", code, started)
+            _observe("Converse", code, started, span)
 
     async def _pump(
         self,
@@ -148,6 +164,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
         self, request: gateway_pb2.SubscribeRequest, context: Context
     ) -> AsyncIterator[gateway_pb2.SubscribeResponse]:
         started, code = time.monotonic(), "OK"
+        span = _span(self._service, "Subscribe", context)
         try:
             identity = await self._identity(context)
             sub = await self._service.subscribe(identity, request.after_seq)
@@ -162,10 +179,12 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
             code = exc.grpc_status
             await abort(context, exc)
         finally:
-            _observe("Subscribe", code, started)
+            _observe("Subscribe", code, started, span)
 
 
-def _observe(method: str, code: str, started: float) -> None:
+def _observe(method: str, code: str, started: float, span: Span) -> None:
+    """Count the call's duration and end its span."""
     metrics.REQUEST_SECONDS.labels(surface=SURFACE, method=method, code=code).observe(
-        time.monotonic() - started
+        time.monotonic() - started, exemplar=tracing.exemplar(span)
     )
+    spans.end_rpc(span, code)

@@ -6,7 +6,7 @@ import hmac
 import logging
 from typing import Any
 
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client.exposition import choose_encoder
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
@@ -59,12 +59,15 @@ async def openapi_json(request: Request) -> Response:
 
 
 async def prometheus_metrics(request: Request) -> Response:
+    """The Prometheus text format, or OpenMetrics (with the latency histograms' trace-id
+    exemplars) for a client that asks for it with ``Accept: application/openmetrics-text``."""
     expected = request.app.state.metrics_token
     if expected:
         given = request.headers.get("authorization", "")
         if not hmac.compare_digest(given.encode(), f"Bearer {expected}".encode()):
             return error_response(Unauthenticated("metrics need the metrics token"))
-    return Response(generate_latest(metrics.REGISTRY), media_type=CONTENT_TYPE_LATEST)
+    encode, content_type = choose_encoder(request.headers.get("accept", ""))
+    return Response(encode(metrics.REGISTRY), media_type=content_type)
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:

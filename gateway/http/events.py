@@ -4,17 +4,19 @@ Authentication is the ``Authorization`` header or, for ``EventSource`` in a
 browser, a single-use ``?ticket=``. The stream ends when the token expires, and when
 the gateway stops: once its work in flight is answered, the events already logged,
 then ``event: reconnect`` (resume with ``Last-Event-ID``). A draining gateway refuses
-new streams (503).
+new streams (503). The stream's span, a child of its ``traceparent`` header, lasts as
+long as the stream.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
 from dialog.v1 import message_pb2
+from gateway import spans
 from gateway.auth import Identity
 from gateway.errors import DialogError, Unauthenticated
 from gateway.events import Subscription
@@ -25,6 +27,7 @@ from gateway.service import DialogService
 from gateway.translate import ERROR, RESET, make_error, message_to_json
 
 SURFACE = "http"
+ROUTE = "/events/stream"
 RECONNECT_TEXT = "the gateway is restarting; reconnect with Last-Event-ID to resume"
 
 
@@ -38,16 +41,21 @@ async def _identity(request: Request, service: DialogService) -> Identity:
 
 async def event_stream(request: Request) -> Response:
     service: DialogService = request.app.state.service
+    span = spans.http_server_span(service.tracer, request.scope, ROUTE)
     try:
         service.drain.check()
         identity = await _identity(request, service)
         after = last_event_id(request.headers.get("last-event-id"))
         sub = await service.subscribe(identity, after)
     except DialogError as exc:
+        spans.end_http(span, exc.http_status)
         return error_response(exc)
+    except BaseException:
+        spans.end_http(span, 500)
+        raise
     heartbeat_s = service.config.sse_heartbeat_ms / 1000
 
-    async def body() -> AsyncIterator[bytes]:
+    async def body() -> AsyncGenerator[bytes, None]:
         try:
             yield HEARTBEAT
             while (remaining_s := service.remaining_s(identity)) > 0:
@@ -68,7 +76,7 @@ async def event_stream(request: Request) -> Response:
             service.unsubscribe(identity, sub)
 
     return StreamingResponse(
-        body(),
+        spans.ending(span, body()),
         media_type="text/event-stream",
         headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
     )

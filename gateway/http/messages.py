@@ -1,14 +1,18 @@
-"""``POST /messages``: one message in; its stored form and final replies out, or an SSE stream."""
+"""``POST /messages``: one message in; its stored form and final replies out, or an SSE stream.
+
+The request's span is a child of its ``traceparent`` header and lasts until the last
+event of a stream; trace labels in the body are removed (``gateway.tracing``).
+"""
 
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
-from gateway import metrics
+from gateway import metrics, spans, tracing
 from gateway.auth import Identity
 from gateway.errors import DialogError, Internal, InvalidMessage
 from gateway.http.body import read_limited
@@ -30,6 +34,7 @@ from gateway.translate import (
 )
 
 SURFACE = "http"
+ROUTE = "/messages"
 EVENT_STREAM = "text/event-stream"
 IDEMPOTENCY_HEADER = "idempotency-key"
 REPLAY_HEADER = "Idempotent-Replayed"
@@ -38,6 +43,8 @@ REPLAY_HEADER = "Idempotent-Replayed"
 async def post_message(request: Request) -> Response:
     service: DialogService = request.app.state.service
     started, code = time.monotonic(), 200
+    span = spans.http_server_span(service.tracer, request.scope, ROUTE)
+    token, streaming = tracing.attach(span), False
     try:
         identity = await service.authenticate(request.headers.getlist("authorization"), SURFACE)
         if request.headers.get("content-type", "").split(";")[0].strip() not in (
@@ -48,6 +55,7 @@ async def post_message(request: Request) -> Response:
         config = service.config
         body = await read_limited(request, config.max_message_bytes, config.body_timeout_ms / 1000)
         msg = parse_message(body, config.max_message_bytes, config.json_max_depth)
+        tracing.take_from_labels(msg)  # the headers carry this request's trace context
         key = request.headers.get(IDEMPOTENCY_HEADER, "")
         if len(key) > MAX_ID_CHARS:
             raise InvalidMessage(f"Idempotency-Key is longer than {MAX_ID_CHARS} characters")
@@ -56,8 +64,9 @@ async def post_message(request: Request) -> Response:
         admission = await service.admit(identity, msg, SURFACE)
         headers = {REPLAY_HEADER: "true"} if admission.replay is not None else {}
         if EVENT_STREAM in request.headers.get("accept", ""):
+            streaming = True
             return StreamingResponse(
-                _stream(service, identity, admission),
+                spans.ending(span, _stream(service, identity, admission)),
                 media_type=EVENT_STREAM,
                 headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no", **headers},
             )
@@ -79,7 +88,10 @@ async def post_message(request: Request) -> Response:
     finally:
         metrics.REQUEST_SECONDS.labels(
             surface=SURFACE, method="POST /messages", code=str(code)
-        ).observe(time.monotonic() - started)
+        ).observe(time.monotonic() - started, exemplar=tracing.exemplar(span))
+        tracing.detach(token)
+        if not streaming:
+            spans.end_http(span, code)
 
 
 async def _collect(
@@ -99,7 +111,7 @@ async def _collect(
 
 async def _stream(
     service: DialogService, identity: Identity, admission: Admission
-) -> AsyncIterator[bytes]:
+) -> AsyncGenerator[bytes, None]:
     """Ack, then every reply as it comes; an error after the start is an in-band event."""
     msg = admission.stored
     ack = make_ack(msg, replay=admission.replay is not None)

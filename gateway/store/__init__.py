@@ -1,5 +1,6 @@
 """The storage layer behind "nothing lost": dedup keys, entity seq, per-user event
-logs, the durable inbound queue, rate-limit windows and connection counts.
+logs, in-flight messages, the durable inbound queue, rate-limit windows and
+connection counts.
 
 Two implementations keep one contract (``Store``): ``SQLiteStore``
 (``gateway.store.sqlite``, the embedded default, one node) and ``RedisStore``
@@ -122,6 +123,26 @@ class Store(Protocol):
     async def enqueue(self, message_id: str, backend: str, body: bytes) -> str:
         """Add a message to ``backend``'s queue; durable before returning. Returns
         its entry id. It does not deduplicate: ``remember`` comes first."""
+        ...
+
+    async def track_inflight(
+        self, message_id: str, backend: str, body: bytes, lease_s: float
+    ) -> str:
+        """Keep a message that is being delivered directly (not through the queue), durably,
+        until ``settle_inflight``; returns its id. If it is still there ``lease_s`` from
+        now (its gateway died), ``requeue_stale_inflight`` moves it into the queue."""
+        ...
+
+    async def settle_inflight(self, inflight_id: str, *, requeue: bool = False) -> str:
+        """Forget an in-flight message (delivered, or given up and reported to its
+        client), or with ``requeue`` move it into its back-end's queue in one step, with
+        no attempts yet; returns the queue entry id then, else "". Idempotent: an id that
+        is gone (settled, or requeued as stale) returns ""."""
+        ...
+
+    async def requeue_stale_inflight(self, limit: int) -> int:
+        """Move up to ``limit`` in-flight messages whose lease has passed into their
+        back-ends' queues (each in one step); return how many moved."""
         ...
 
     async def claim(

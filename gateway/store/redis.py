@@ -9,7 +9,8 @@ user, entity or back-end name can collide with another family:
   ``notices`` the pub/sub channel that tells replicas about appends;
 - ``queue:<backend>`` stream with consumer group ``gateway``, ``qattempts:<backend>``
   and ``qerrors:<backend>`` hashes by entry id, ``qholder:<backend>`` the replica
-  delivering it; ``dead`` the dead-letter stream;
+  delivering it; ``dead`` the dead-letter stream; ``inflight:<id>`` hash of a message
+  being delivered directly, ``inflight`` their sorted set by lease end;
 - ``rate:<key>`` sorted set of event times; ``conn:<user>`` hash {replica: count},
   ``replicas`` hash {replica: alive until}.
 
@@ -146,7 +147,7 @@ class RedisStore:
             for name in (
                 "REMEMBER", "RECORD_OUTCOME", "ENTITY_SEQ", "RELEASE_ENTITY_SEQ", "APPEND_EVENT",
                 "TRIM_EVENTS", "DELIVER", "FAIL", "REPLAY_DEAD_LETTER", "RATE_ACQUIRE",
-                "HOLD_QUEUE",
+                "HOLD_QUEUE", "SETTLE_INFLIGHT",
             )
         }  # fmt: skip
         self.connections = ReplicaConnections(
@@ -320,6 +321,50 @@ class RedisStore:
             "enqueued_at": lua.number(self._clock()),
         }
         return _text(await self._redis.xadd(stream, fields))  # type: ignore[arg-type]
+
+    @_converted
+    async def track_inflight(
+        self, message_id: str, backend: str, body: bytes, lease_s: float
+    ) -> str:
+        rules.require(lease_s > 0, "lease_s must be positive")
+        inflight_id = uuid.uuid4().hex
+        until_s = self._clock() + lease_s
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.hset(
+                self._key("inflight", inflight_id),
+                mapping={"message_id": message_id, "backend": backend, "body": body},
+            )
+            pipe.zadd(self._key("inflight"), {inflight_id: until_s})
+            await pipe.execute()
+        return inflight_id
+
+    @_converted
+    async def settle_inflight(self, inflight_id: str, *, requeue: bool = False) -> str:
+        backend = ""
+        if requeue:
+            backend = _text(
+                await self._redis.hget(self._key("inflight", inflight_id), "backend") or b""
+            )
+            if backend:
+                await self._ensure_group(backend)
+        keys = [
+            self._key("inflight", inflight_id),
+            self._key("inflight"),
+            self._key("queue", backend or "-"),
+        ]
+        args = [inflight_id, "1" if requeue and backend else "0", lua.number(self._clock())]
+        return _text(await self._script("SETTLE_INFLIGHT", keys, args) or b"")
+
+    @_converted
+    async def requeue_stale_inflight(self, limit: int) -> int:
+        rules.require(limit >= 1, "limit must be at least 1")
+        stale = await self._redis.zrangebyscore(
+            self._key("inflight"), "-inf", lua.number(self._clock()), start=0, num=limit
+        )
+        moved = 0
+        for inflight_id in stale:
+            moved += bool(await self.settle_inflight(_text(inflight_id), requeue=True))
+        return moved
 
     @_converted
     async def claim(

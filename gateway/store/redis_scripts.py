@@ -254,3 +254,17 @@ if current and current ~= ARGV[1] then return 0 end
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
 return 1
 """
+
+# KEYS: the in-flight message's hash, the in-flight index, its back-end's queue stream.
+# ARGV: in-flight id, requeue (1/0), now_s. Forget it, or move it into the queue; returns
+# the queue entry id, or "" (also for an id that is gone).
+SETTLE_INFLIGHT = """
+local f = redis.call('HGETALL', KEYS[1])
+redis.call('DEL', KEYS[1])
+redis.call('ZREM', KEYS[2], ARGV[1])
+if #f == 0 or ARGV[2] ~= '1' then return '' end
+local fields = {}
+for i = 1, #f, 2 do fields[f[i]] = f[i + 1] end
+return redis.call('XADD', KEYS[3], '*', 'message_id', fields['message_id'],
+  'body', fields['body'], 'enqueued_at', ARGV[3])
+"""

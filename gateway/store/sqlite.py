@@ -127,6 +127,22 @@ class SQLiteStore:
         now_s = self._clock()
         return await self._run(lambda db: db.enqueue(message_id, backend, body, now_s))
 
+    async def track_inflight(
+        self, message_id: str, backend: str, body: bytes, lease_s: float
+    ) -> str:
+        rules.require(lease_s > 0, "lease_s must be positive")
+        until_s = self._clock() + lease_s
+        return await self._run(lambda db: db.track_inflight(message_id, backend, body, until_s))
+
+    async def settle_inflight(self, inflight_id: str, *, requeue: bool = False) -> str:
+        now_s = self._clock()
+        return await self._run(lambda db: db.settle_inflight(inflight_id, requeue, now_s))
+
+    async def requeue_stale_inflight(self, limit: int) -> int:
+        rules.require(limit >= 1, "limit must be at least 1")
+        now_s = self._clock()
+        return await self._run(lambda db: db.requeue_stale_inflight(limit, now_s))
+
     async def claim(
         self, backend: str, consumer: str, count: int, min_idle_s: float
     ) -> list[QueuedMessage]:

@@ -52,6 +52,11 @@ CREATE TABLE IF NOT EXISTS queue (
     consumer TEXT, delivered_at REAL, error TEXT
 );
 CREATE INDEX IF NOT EXISTS queue_by_backend ON queue (backend, delivered_at, id);
+CREATE TABLE IF NOT EXISTS inflight (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, backend TEXT NOT NULL, message_id TEXT NOT NULL,
+    body BLOB NOT NULL, until REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS inflight_by_until ON inflight (until);
 CREATE TABLE IF NOT EXISTS queue_holders (
     backend TEXT PRIMARY KEY, holder TEXT NOT NULL, until REAL NOT NULL
 );
@@ -268,6 +273,39 @@ class Database:
             (backend, message_id, body, now_s),
         )
         return str(cursor.lastrowid)
+
+    def track_inflight(self, message_id: str, backend: str, body: bytes, until_s: float) -> str:
+        cursor = self._db.execute(
+            "INSERT INTO inflight (backend, message_id, body, until) VALUES (?, ?, ?, ?)",
+            (backend, message_id, body, until_s),
+        )
+        return str(cursor.lastrowid)
+
+    def settle_inflight(self, inflight_id: str, requeue: bool, now_s: float) -> str:
+        row_id = _row_id(inflight_id)
+        with _immediate(self._db) as db:
+            entry = ""
+            if requeue:
+                cursor = db.execute(
+                    "INSERT INTO queue (backend, message_id, body, enqueued_at)"
+                    " SELECT backend, message_id, body, ? FROM inflight WHERE id = ?",
+                    (now_s, row_id),
+                )
+                entry = str(cursor.lastrowid) if cursor.rowcount else ""
+            db.execute("DELETE FROM inflight WHERE id = ?", (row_id,))
+            return entry
+
+    def requeue_stale_inflight(self, limit: int, now_s: float) -> int:
+        with _immediate(self._db) as db:
+            stale = [
+                str(row[0])
+                for row in db.execute(
+                    "SELECT id FROM inflight WHERE until <= ? ORDER BY id LIMIT ?", (now_s, limit)
+                )
+            ]
+            for inflight_id in stale:
+                self.settle_inflight(inflight_id, True, now_s)
+            return len(stale)
 
     def claim(
         self, backend: str, consumer: str, count: int, min_idle_s: float, now_s: float

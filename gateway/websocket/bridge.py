@@ -21,6 +21,10 @@ the user's event stream. When the gateway stops (``gateway.lifecycle``), a new
 socket is refused (503), each new message gets a ``draining`` error frame, and
 once the messages in flight are answered and their replies delivered, the socket
 closes with 1001 "reconnect".
+
+Tracing: the connection's span (``GET /ws``) is a child of the upgrade request's
+``traceparent`` header and lasts until the socket closes; each message's span is a
+child of the ``traceparent`` in its ``context.labels``, else of the connection's.
 """
 
 from __future__ import annotations
@@ -32,7 +36,7 @@ import logging
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from dialog.v1 import message_pb2
-from gateway import metrics
+from gateway import metrics, spans, tracing
 from gateway.auth import Identity
 from gateway.config import WS_SUBPROTOCOL
 from gateway.conversation import Conversation
@@ -55,6 +59,8 @@ from gateway.translate import AUTH, make_ack, make_error, message_to_json, parse
 
 log = logging.getLogger(__name__)
 SURFACE = "ws"
+ROUTE = "/ws"
+SWITCHING_PROTOCOLS = 101
 URL_TOKEN_PARAMS = ("token", "access_token", "jwt", "auth")
 CLOSE_AUTH_TIMEOUT = 4408
 CLOSE_EXPIRED = 4401
@@ -65,38 +71,50 @@ CLOSE_TIMEOUT_S = 10.0
 RESUME_PARAM = "resume"
 RESUME = "resume"
 MAX_SEQ_DIGITS = 19
-OWN_IDS_MAX = 1024
 
 
 async def websocket_endpoint(ws: WebSocket) -> None:
     service: DialogService = ws.app.state.service
+    span = spans.http_server_span(service.tracer, ws.scope, ROUTE)
+    status = 500
+    try:
+        with tracing.current(span):
+            status = await _serve(ws, service)
+    finally:
+        spans.end_http(span, status)
+
+
+async def _serve(ws: WebSocket, service: DialogService) -> int:
+    """Serve one socket; the HTTP status of its upgrade (101 once accepted)."""
     subprotocol = WS_SUBPROTOCOL if WS_SUBPROTOCOL in ws.scope.get("subprotocols", ()) else None
     try:
         service.drain.check()
         service.check_origin(ws.headers.get("origin"))
         after_seq = _resume_point(ws.query_params.get(RESUME_PARAM))
         identity = await _handshake_identity(ws, service)
-        sub = None
+        bridge, sub = None, None
         if identity is not None:
             await _open_connection(service, identity)
+            bridge = Bridge(ws, service, identity)
             # Before the upgrade completes: what is published once the client is
             # connected is in its stream.
-            sub = await _subscribe(service, identity, after_seq)
+            sub = await _subscribe(service, bridge, after_seq)
     except DialogError as exc:
         await ws.send_denial_response(error_response(exc))
-        return
+        return exc.http_status
     await ws.accept(subprotocol)
     if identity is None:
         identity = await _first_frame_identity(ws, service)
         if identity is None:
-            return
+            return SWITCHING_PROTOCOLS
     metrics.WS_CONNECTIONS.inc()
     try:
         with service.drain.connection():
-            await Bridge(ws, service, identity).run(after_seq, sub)
+            await (bridge or Bridge(ws, service, identity)).run(after_seq, sub)
     finally:
         metrics.WS_CONNECTIONS.dec()
         await service.close_ws(identity)
+    return SWITCHING_PROTOCOLS
 
 
 def _resume_point(value: str | None) -> int:
@@ -121,11 +139,11 @@ async def _handshake_identity(ws: WebSocket, service: DialogService) -> Identity
     return None
 
 
-async def _subscribe(service: DialogService, identity: Identity, after_seq: int) -> Subscription:
+async def _subscribe(service: DialogService, bridge: Bridge, after_seq: int) -> Subscription:
     try:
-        return await service.subscribe(identity, after_seq)
+        return await service.subscribe(bridge.identity, after_seq, owner=bridge)
     except BaseException:
-        await service.close_ws(identity)
+        await service.close_ws(bridge.identity)
         raise
 
 
@@ -161,6 +179,7 @@ class Bridge:
     """One authenticated socket: frames in, a ``Conversation``, frames out."""
 
     def __init__(self, ws: WebSocket, service: DialogService, identity: Identity):
+        """``identity`` may change (a later ``auth`` frame), never its subject."""
         self._ws = ws
         self._service = service
         self._identity = identity
@@ -174,7 +193,6 @@ class Bridge:
         self._task = asyncio.current_task()
         self._events: asyncio.Task[None] | None = None
         self._sub: Subscription | None = None
-        self._own_ids: set[str] = set()
 
     async def run(self, after_seq: int, sub: Subscription | None = None) -> None:
         """Serve the socket; its event stream is ``sub``, or one opened after ``after_seq``."""
@@ -203,13 +221,17 @@ class Bridge:
                 async with asyncio.timeout(CLOSE_TIMEOUT_S):
                     await self._ws.close(*self._close)
 
+    @property
+    def identity(self) -> Identity:
+        return self._identity
+
     async def _follow(self, after_seq: int, sub: Subscription | None = None) -> None:
         """(Re)start forwarding the user's event stream from after ``after_seq``."""
         if self._events is not None:
             self._events.cancel()
             await asyncio.gather(self._events, return_exceptions=True)
         if sub is None:
-            sub = await self._service.subscribe(self._identity, after_seq)
+            sub = await self._service.subscribe(self._identity, after_seq, owner=self)
         self._sub = sub
         self._events = asyncio.create_task(self._forward_events(sub), name="ws-events")
 
@@ -222,7 +244,7 @@ class Bridge:
                     self._events.cancel()
                     await asyncio.gather(self._events, return_exceptions=True)
                 while self._sub is not None and (msg := await self._sub.next(0)) is not None:
-                    await self._deliver(msg)
+                    await self._send(msg)
                 await self._outbox.join()
         self._close = (Draining.ws_close, RECONNECT)
 
@@ -231,7 +253,7 @@ class Bridge:
             while True:
                 msg = await sub.next()
                 if msg is not None:
-                    await self._deliver(msg)
+                    await self._send(msg)
         except DialogError as exc:
             # The log cannot be read (the store is down): say so, then close.
             with contextlib.suppress(DialogError):
@@ -240,23 +262,12 @@ class Bridge:
         finally:
             self._service.unsubscribe(self._identity, sub)
 
-    async def _deliver(self, msg: message_pb2.Message) -> None:
-        if msg.role == message_pb2.ROLE_USER and msg.id in self._own_ids:
-            self._own_ids.discard(msg.id)  # the client has it: this socket sent it
-            return
-        await self._send(msg)
-
-    def _sent(self, stored: message_pb2.Message) -> None:
-        """``stored`` came from this socket: its echo in the event stream is skipped."""
-        if len(self._own_ids) >= OWN_IDS_MAX:
-            self._own_ids.clear()
-        self._own_ids.add(stored.id)
 
     async def _read(self, expiry: asyncio.Timeout) -> bool:
         """Read frames until the client leaves (False) or the gateway is closing (True)."""
         config = self._service.config
         async with Conversation(
-            self._service, self._identity, SURFACE, self._send, on_admit=self._sent
+            self._service, self._identity, SURFACE, self._send, origin=self
         ) as conv:
             while True:
                 event = await self._service.drain.before(Phase.CLOSING, self._ws.receive())

@@ -17,7 +17,8 @@ from jwt.algorithms import ECAlgorithm
 
 from dialog.v1 import message_pb2
 from gateway import metrics
-from gateway.config import GatewayConfig, RouteRule, RoutesConfig
+from gateway.certs import create_dev_certs
+from gateway.config import BackendConfig, GatewayConfig, RouteRule, RoutesConfig
 from gateway.errors import PermissionDenied, Unauthenticated
 from gateway.health import HealthMonitor
 from gateway.http.app import build_app
@@ -48,8 +49,10 @@ class Clock:
 
 
 def config(tmp_path: Path, **overrides: Any) -> GatewayConfig:
+    # Back-ends on a closed port: these tests admit messages, they never forward them.
+    create_dev_certs(tmp_path / "certs")
     routes = RoutesConfig(
-        backends=(),
+        backends=(BackendConfig("tasks", "127.0.0.1:9"), BackendConfig("chat", "127.0.0.1:9")),
         rules=(
             RouteRule(backend="tasks", service="tasks", scopes=("tasks:write",)),
             RouteRule(backend="chat", service="chat"),

@@ -380,6 +380,46 @@ async def test_a_failed_entry_is_retried_in_place_then_buried(h: Harness) -> Non
     assert await s.retry("chat", "999999-0" if "-" in entry else "999999", "c") is None
 
 
+async def test_an_inflight_message_is_forgotten_or_requeued_in_one_step(h: Harness) -> None:
+    s = h.store
+    done = await s.track_inflight("m1", "chat", b"one", lease_s=30)
+    given_up = await s.track_inflight("m2", "chat", b"two", lease_s=30)
+    assert await s.settle_inflight(done) == ""
+    entry = await s.settle_inflight(given_up, requeue=True)
+    assert entry
+    assert await s.settle_inflight(given_up, requeue=True) == ""  # gone: no second entry
+    [msg] = await s.claim("chat", "c", 10, min_idle_s=30)
+    assert (msg.entry_id, msg.message_id, msg.body, msg.attempts) == (entry, "m2", b"two", 1)
+    assert await s.requeue_stale_inflight(10) == 0
+
+
+async def test_an_inflight_message_of_a_dead_gateway_is_requeued_after_its_lease(
+    h: Harness,
+) -> None:
+    s = h.store
+    stale = await s.track_inflight("m1", "tasks", b"one", lease_s=5)
+    fresh = await s.track_inflight("m2", "tasks", b"two", lease_s=60)
+    assert await s.requeue_stale_inflight(10) == 0
+    h.clock.advance(6)
+    assert await s.requeue_stale_inflight(10) == 1
+    assert await s.requeue_stale_inflight(10) == 0
+    assert await s.settle_inflight(stale) == ""  # its gateway came back too late: no-op
+    [msg] = await s.claim("tasks", "c", 10, min_idle_s=30)
+    assert (msg.message_id, msg.body) == ("m1", b"one")
+    assert await s.settle_inflight(fresh) == ""
+    h.clock.advance(120)
+    assert await s.requeue_stale_inflight(10) == 0
+
+
+async def test_an_inflight_message_survives_a_crash_of_the_store(h: Harness) -> None:
+    await h.store.track_inflight("m1", "chat", b"one", lease_s=5)
+    await h.crash_and_reopen()
+    h.clock.advance(6)
+    assert await h.store.requeue_stale_inflight(10) == 1
+    [msg] = await h.store.claim("chat", "c", 10, min_idle_s=30)
+    assert (msg.message_id, msg.body) == ("m1", b"one")
+
+
 async def test_queue_depth_counts_what_is_not_acknowledged(h: Harness) -> None:
     s = h.store
     assert await s.queue_depth("chat") == 0

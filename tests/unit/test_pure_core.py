@@ -20,6 +20,7 @@ PURE_MODULES = (
     "gateway.routing",
     "gateway.config",
     "gateway.errors",
+    "gateway.grpc.descriptors",
     "gateway.delivery",
     "gateway.backoff",
     "gateway.breaker",
