@@ -48,7 +48,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass
-from typing import Any, TypeAlias, TypeVar
+from typing import Any, TypeAlias
 
 import grpc
 
@@ -62,10 +62,10 @@ from gateway.errors import (
     Internal,
     NoRoute,
     PermissionDenied,
-    Unauthenticated,
 )
 from gateway.grpc.descriptors import CallKind, Catalog
 from gateway.grpc.errors import Context, abort, status_of
+from gateway.grpc.expiry import until_expiry
 from gateway.grpc.peer import client_cert_identity
 from gateway.lifecycle import REFUSED, Phase
 from gateway.service import DialogService
@@ -81,8 +81,6 @@ SINGLE_RESPONSE = frozenset({CallKind.UNARY, CallKind.CLIENT_STREAM})
 # Subscriptable in the type stubs only.
 Handler: TypeAlias = "grpc.RpcMethodHandler[Any, Any]"
 Metadata: TypeAlias = tuple[tuple[str, str | bytes], ...]
-
-T = TypeVar("T")
 
 
 def split_method(path: str) -> tuple[str, str] | None:
@@ -225,7 +223,7 @@ class BackendProxy(grpc.GenericRpcHandler):  # type: ignore[type-arg]
             ),
         )
         try:
-            responses = _until_expiry(
+            responses = until_expiry(
                 self._responses(call, context, breaker),
                 asyncio.get_running_loop().time() + service.remaining_s(identity),
             )
@@ -304,17 +302,3 @@ def _outcome(code: grpc.StatusCode, *, client_deadline: bool) -> Outcome:
     if code is grpc.StatusCode.CANCELLED:
         return Outcome.ABANDONED
     return Outcome.SUCCEEDED
-
-
-async def _until_expiry(items: AsyncIterator[T], deadline: float) -> AsyncIterator[T]:
-    """``items`` until ``deadline`` (loop time: the token's expiry); then ``Unauthenticated``.
-    The deadline guards only the wait for the next item, never a ``yield``."""
-    while True:
-        try:
-            async with asyncio.timeout_at(deadline):
-                item = await anext(items)
-        except StopAsyncIteration:
-            return
-        except TimeoutError:
-            raise Unauthenticated("token expired") from None
-        yield item

@@ -11,7 +11,6 @@ import dataclasses
 import logging
 import time
 from collections.abc import AsyncIterator
-from typing import TypeVar
 
 from opentelemetry.trace import Span
 
@@ -19,8 +18,9 @@ from dialog.v1 import gateway_pb2, gateway_pb2_grpc, message_pb2
 from gateway import metrics, spans, tracing
 from gateway.auth import Identity
 from gateway.conversation import Conversation
-from gateway.errors import DialogError, Internal, Unauthenticated
+from gateway.errors import DialogError, Internal
 from gateway.grpc.errors import Context, abort
+from gateway.grpc.expiry import until_expiry
 from gateway.grpc.peer import client_cert_identity
 from gateway.service import DialogService
 from gateway.translate import make_ack, validate_client_message
@@ -29,27 +29,9 @@ log = logging.getLogger(__name__)
 SURFACE = "grpc"
 
 
-T = TypeVar("T")
-
-
-async def _until_expiry(
-    service: DialogService, identity: Identity, items: AsyncIterator[T]
-) -> AsyncIterator[T]:
-    """``items`` until the token expires; then ``Unauthenticated``.
-
-    The deadline guards only the wait for the next item, never a ``yield``, so
-    that it cannot cancel the caller while it writes.
-    """
-    deadline = asyncio.get_running_loop().time() + service.remaining_s(identity)
-    while True:
-        try:
-            async with asyncio.timeout_at(deadline):
-                item = await anext(items)
-        except StopAsyncIteration:
-            return
-        except TimeoutError:
-            raise Unauthenticated("token expired") from None
-        yield item
+def _expiry(service: DialogService, identity: Identity) -> float:
+    """When the identity's token expires, in event-loop time."""
+    return asyncio.get_running_loop().time() + service.remaining_s(identity)
 
 
 async def _queued(
@@ -96,7 +78,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
             upstreams = self._service.upstreams(identity)
             replies = self._service.replies(upstreams, identity, admission)
             try:
-                async for reply in _until_expiry(self._service, identity, replies):
+                async for reply in until_expiry(replies, _expiry(self._service, identity)):
                     yield gateway_pb2.SendResponse(message=reply)
             finally:
                 await upstreams.aclose()
@@ -127,7 +109,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
                 self._pump(identity, request_iterator, outbox), name="converse-requests"
             )
         try:
-            async for msg in _until_expiry(self._service, identity, _queued(outbox)):
+            async for msg in until_expiry(_queued(outbox), _expiry(self._service, identity)):
                 yield gateway_pb2.ConverseResponse(message=msg)
             await pump
         except DialogError as exc:
@@ -171,7 +153,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
             try:
                 # Headers now, so the client knows the subscription is live.
                 await context.send_initial_metadata(())
-                async for msg in _until_expiry(self._service, identity, aiter(sub)):
+                async for msg in until_expiry(aiter(sub), _expiry(self._service, identity)):
                     yield gateway_pb2.SubscribeResponse(message=msg)
             finally:
                 self._service.unsubscribe(identity, sub)

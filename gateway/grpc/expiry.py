@@ -1,0 +1,26 @@
+"""Streams that end when the caller's token does."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import TypeVar
+
+from gateway.errors import Unauthenticated
+
+T = TypeVar("T")
+
+
+async def until_expiry(items: AsyncIterator[T], deadline: float) -> AsyncIterator[T]:
+    """``items`` until ``deadline`` (event-loop time: the token's expiry); then
+    ``Unauthenticated``. The deadline guards only the wait for the next item, never a
+    ``yield``, so that it cannot cancel the caller while it writes."""
+    while True:
+        try:
+            async with asyncio.timeout_at(deadline):
+                item = await anext(items)
+        except StopAsyncIteration:
+            return
+        except TimeoutError:
+            raise Unauthenticated("token expired") from None
+        yield item
