@@ -5,7 +5,8 @@ The message schemas are derived from ``dialog.v1.Message`` with the JSON mapping
 ``gateway/translate.py``, twice: ``MessageInput`` is what a client may send (the checks
 of ``message_from_dict`` and ``accept_client_message``), ``Message`` is what the gateway
 sends back (its stored form, and replies as the back-ends wrote them). ``make gen``
-writes the document to ``docs/openapi.yaml``; the gateway serves it at ``/openapi.json``.
+writes the document to ``docs/openapi.yaml``; the gateway serves it at ``/openapi.json``,
+with the back-ends' transcoded routes added at runtime (``gateway.transcode.openapi``).
 """
 
 from __future__ import annotations

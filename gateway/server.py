@@ -22,6 +22,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 
 from gateway.config import GatewayConfig
+from gateway.grpc.descriptors import Catalog
 from gateway.grpc.reflection import BackendReflection
 from gateway.grpc.server import build_grpc_server
 from gateway.health import HealthMonitor
@@ -153,7 +154,7 @@ async def serve(
         reflection,
         credentials=tls.grpc_credentials() if tls else None,
     )
-    servers = _http_servers(config, service, monitor, tls)
+    servers = _http_servers(config, service, monitor, tls, reflection)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -193,11 +194,20 @@ async def serve(
 
 
 def _http_servers(
-    config: GatewayConfig, service: DialogService, monitor: HealthMonitor, tls: PublicTls | None
+    config: GatewayConfig,
+    service: DialogService,
+    monitor: HealthMonitor,
+    tls: PublicTls | None,
+    reflection: BackendReflection,
 ) -> list[_HttpServer]:
-    """The public HTTPS server, and the admin one when ``ADMIN_PORT`` is set."""
+    """The public HTTPS server, and the admin one when ``ADMIN_PORT`` is set. The public
+    one transcodes the back-ends' methods that ``reflection`` describes."""
     context = tls.http_context if tls else None
-    app = CloseWhileDraining(build_app(service, monitor), service.drain)
+
+    def catalog() -> Catalog:
+        return reflection.catalog
+
+    app = CloseWhileDraining(build_app(service, monitor, catalog), service.drain)
     servers = [_HttpServer(http_config(config, app, context, port=config.port))]
     if config.admin_port:
         admin = CloseWhileDraining(build_admin_app(service, monitor), service.drain)

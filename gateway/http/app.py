@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hmac
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from prometheus_client.exposition import choose_encoder
@@ -17,12 +18,14 @@ from starlette.routing import BaseRoute, Route, WebSocketRoute
 
 from gateway import metrics
 from gateway.errors import DialogError, Internal, InvalidMessage, NotFound, Unauthenticated
+from gateway.grpc.descriptors import Catalog
 from gateway.health import HealthMonitor
 from gateway.http.events import event_stream
 from gateway.http.headers import SecurityHeaders
 from gateway.http.messages import post_message
 from gateway.http.responses import error_response, json_response
 from gateway.http.tickets import post_ws_ticket
+from gateway.http.transcoding import Transcoder, TranscodingRoute
 from gateway.openapi import VERSION, openapi_document
 from gateway.service import DialogService
 from gateway.websocket.bridge import websocket_endpoint
@@ -49,13 +52,16 @@ async def health(request: Request) -> Response:
 
 
 async def openapi_json(request: Request) -> Response:
-    """The API's shape, like server reflection, is for authenticated callers only."""
+    """The API's shape, like server reflection, is for authenticated callers only. The
+    gateway's own document, with the back-ends' transcoded routes as they are now."""
     service: DialogService = request.app.state.service
     try:
         await service.authenticate(request.headers.getlist("authorization"), "http")
     except DialogError as exc:
         return error_response(exc)
-    return json_response(request.app.state.openapi)
+    transcoder: Transcoder | None = request.app.state.transcoder
+    own = request.app.state.openapi
+    return json_response(transcoder.openapi(own) if transcoder else own)
 
 
 async def prometheus_metrics(request: Request) -> Response:
@@ -102,8 +108,14 @@ EXCEPTION_HANDLERS: dict[Any, Any] = {
 CORS_HEADERS = ["Authorization", "Content-Type", "Idempotency-Key", "Last-Event-ID"]
 
 
-def build_app(service: DialogService, monitor: HealthMonitor) -> Starlette:
-    """The public application. ``/metrics`` is here unless ``ADMIN_PORT`` moves it."""
+def build_app(
+    service: DialogService,
+    monitor: HealthMonitor,
+    catalog: Callable[[], Catalog] | None = None,
+) -> Starlette:
+    """The public application. ``/metrics`` is here unless ``ADMIN_PORT`` moves it. With
+    ``catalog`` (the reflection catalog of the gRPC port), the back-ends' methods are
+    offered over HTTP/JSON after the gateway's own routes (``gateway.http.transcoding``)."""
     config = service.config
     routes: list[BaseRoute] = [
         Route("/messages", post_message, methods=["POST"]),
@@ -115,6 +127,11 @@ def build_app(service: DialogService, monitor: HealthMonitor) -> Starlette:
     ]
     if not config.admin_port:
         routes.append(Route("/metrics", prometheus_metrics, methods=["GET"]))
+    transcoder = None
+    if catalog is not None:
+        own = {r.path for r in routes if isinstance(r, Route | WebSocketRoute)} | {"/metrics"}
+        transcoder = Transcoder(catalog, reserved=own)
+        routes.append(TranscodingRoute(transcoder))  # last: after every route of its own
     middleware = [Middleware(SecurityHeaders, tls=config.tls)]
     if service.allowed_origins:
         middleware.append(
@@ -126,7 +143,9 @@ def build_app(service: DialogService, monitor: HealthMonitor) -> Starlette:
                 max_age=600,
             )
         )
-    return _app(routes, middleware, service, monitor)
+    app = _app(routes, middleware, service, monitor)
+    app.state.transcoder = transcoder
+    return app
 
 
 def build_admin_app(service: DialogService, monitor: HealthMonitor) -> Starlette:
@@ -149,4 +168,5 @@ def _app(
     app.state.health = monitor
     app.state.metrics_token = service.config.metrics_token
     app.state.openapi = openapi_document(VERSION)
+    app.state.transcoder = None
     return app

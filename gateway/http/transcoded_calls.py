@@ -1,0 +1,231 @@
+"""The back-end calls of transcoded methods (``gateway.http.transcoding``): the asyncio shell.
+
+One call over the back-end's mutual-TLS channel, with the request message as bytes, under the
+back-end's circuit breaker (``BackendPool.admit``/``settle``, with the proxy's outcomes). A
+unary call's deadline is the back-end's ``timeout_ms``, and it is work in flight for the
+drain. A server stream has no deadline; its status is answered once the back-end has sent its
+response headers (or has been silent for ``timeout_ms``), then its messages as events or JSON
+lines (``gateway.transcode.stream``), until the back-end ends it, the client goes away (the
+back-end call is cancelled), the token expires or the drain closes: an error after the
+status is an in-band error event or line, never a silent end.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncGenerator, AsyncIterator
+from typing import Any
+
+import grpc
+from google.protobuf.message import Message
+from opentelemetry.trace import Span
+from starlette.responses import Response, StreamingResponse
+
+from gateway import spans
+from gateway.auth import Identity
+from gateway.breaker import Outcome
+from gateway.errors import DialogError, Draining, Internal
+from gateway.grpc.expiry import until_expiry
+from gateway.grpc.proxy import Metadata, _BreakerReport, _outcome, outgoing_timeout_s
+from gateway.http.responses import json_response
+from gateway.lifecycle import REFUSED, Phase
+from gateway.service import DialogService
+from gateway.transcode.response import decode_response, error_json, message_json, status_json
+from gateway.transcode.stream import error_frame, heartbeat, message_frame
+from gateway.transcode.table import Endpoint, TranscodingTable
+
+log = logging.getLogger(__name__)
+
+STREAM_HEADERS = {"Cache-Control": "no-store", "X-Accel-Buffering": "no"}
+# Written by gRPC itself when the back-end cannot be reached or is too slow: its text
+# names internal addresses, so the gateway's own message replaces it.
+OWN_MESSAGES = {
+    grpc.StatusCode.UNAVAILABLE: "the back-end is unavailable",
+    grpc.StatusCode.DEADLINE_EXCEEDED: "the back-end did not answer in time",
+}
+_END = object()  # the end of an iteration, as a task's result
+
+
+async def call_unary(
+    service: DialogService,
+    table: TranscodingTable,
+    endpoint: Endpoint,
+    message: Message,
+    metadata: Metadata,
+    identity: Identity,
+) -> Response:
+    """Call a unary method; its JSON answer, or its status as the one JSON error."""
+    pool, name = service.pool, endpoint.backend
+    breaker = _BreakerReport(pool.admit(name), lambda p, o: pool.settle(name, p, o))
+    # No (de)serializers: the message goes as bytes.
+    call = pool.channels[name].unary_unary(endpoint.grpc_path, None, None)(
+        message.SerializeToString(),
+        timeout=outgoing_timeout_s(None, endpoint.kind, pool.configs[name]),
+        metadata=metadata,
+    )
+    deadline = asyncio.get_running_loop().time() + service.remaining_s(identity)
+
+    async def answer() -> AsyncIterator[bytes]:
+        yield await call
+
+    try:
+        (raw,) = [raw async for raw in service.drain.bounded(until_expiry(answer(), deadline))]
+        breaker.settle(Outcome.SUCCEEDED)
+    except grpc.aio.AioRpcError as exc:
+        breaker.settle(_outcome(exc.code(), client_deadline=False))
+        return _status_response(exc.code(), exc.details(), exc.trailing_metadata(), table)
+    finally:
+        call.cancel()
+        breaker.settle(Outcome.ABANDONED)  # unless settled before
+    answered = decode_response(raw, endpoint.response_type)
+    return json_response(message_json(answered, endpoint.response_body, table.pool))
+
+
+def _status(
+    code: grpc.StatusCode, details: str | None, trailers: Any, table: TranscodingTable
+) -> tuple[int, dict[str, Any], dict[str, str]]:
+    """The HTTP status, JSON error and headers of a back-end call's status."""
+    pairs = tuple(trailers or ())
+    status, body = status_json(code.name, OWN_MESSAGES.get(code, details or ""), pairs, table.pool)
+    headers = {}
+    retry_after = next((str(v) for k, v in pairs if k == "retry-after"), "")
+    if retry_after.isdigit():
+        headers["Retry-After"] = retry_after
+    return status, body, headers
+
+
+def _status_response(
+    code: grpc.StatusCode, details: str | None, trailers: Any, table: TranscodingTable
+) -> Response:
+    status, body, headers = _status(code, details, trailers, table)
+    return json_response(body, status, headers)
+
+
+async def call_stream(
+    media_type: str,
+    service: DialogService,
+    table: TranscodingTable,
+    endpoint: Endpoint,
+    message: Message,
+    metadata: Metadata,
+    identity: Identity,
+    span: Span,
+) -> Response:
+    """Open the stream; answer its status once the back-end has sent its headers (or was
+    silent for ``timeout_ms``), then its messages as events or JSON lines."""
+    pool, name = service.pool, endpoint.backend
+    breaker = _BreakerReport(pool.admit(name), lambda p, o: pool.settle(name, p, o))
+    call = pool.channels[name].unary_stream(endpoint.grpc_path, None, None)(
+        message.SerializeToString(),
+        timeout=outgoing_timeout_s(None, endpoint.kind, pool.configs[name]),
+        metadata=metadata,
+    )
+    headers = asyncio.create_task(call.initial_metadata(), name=f"headers {endpoint.grpc_path}")
+    try:
+        await asyncio.wait({headers}, timeout=pool.configs[name].timeout_ms / 1000)
+        if call.done() and (code := await call.code()) is not grpc.StatusCode.OK:
+            breaker.settle(_outcome(code, client_deadline=False))
+            return _status_response(
+                code, await call.details(), await call.trailing_metadata(), table
+            )
+    except BaseException:
+        headers.cancel()
+        call.cancel()
+        breaker.settle(Outcome.ABANDONED)
+        raise
+    frames = _frames(service, table, endpoint, call, headers, breaker, identity, media_type)
+    return StreamingResponse(
+        spans.ending(span, frames), media_type=media_type, headers=STREAM_HEADERS
+    )
+
+
+async def _frames(
+    service: DialogService,
+    table: TranscodingTable,
+    endpoint: Endpoint,
+    call: Any,
+    headers: asyncio.Task[Any],
+    breaker: _BreakerReport,
+    identity: Identity,
+    media_type: str,
+) -> AsyncGenerator[bytes, None]:
+    """The stream's messages, then its error, if it ends with one, in-band."""
+    try:
+        await headers
+        if not call.done() or await call.code() is grpc.StatusCode.OK:
+            breaker.settle(Outcome.SUCCEEDED)  # the back-end answered
+        deadline = asyncio.get_running_loop().time() + service.remaining_s(identity)
+        messages = service.drain.until(Phase.CLOSING, until_expiry(_reads(call), deadline))
+        idle = heartbeat(media_type)
+        heartbeat_s = service.config.sse_heartbeat_ms / 1000 if idle is not None else None
+        async for raw in _with_heartbeats(messages, heartbeat_s):
+            if raw is None:  # only with a heartbeat_s, so only when there is a heartbeat
+                yield idle or b""
+                continue
+            answered = decode_response(raw, endpoint.response_type)
+            data = message_json(answered, endpoint.response_body, table.pool)
+            yield message_frame(data, media_type)
+        # The messages end early only when the drain closes (the wait for the next one,
+        # cancelled, cancels the back-end call).
+        if service.drain.phase is Phase.CLOSING and (not call.done() or call.cancelled()):
+            raise Draining(REFUSED)
+        code = await call.code()
+        breaker.settle(_outcome(code, client_deadline=False))
+        if code is not grpc.StatusCode.OK:
+            trailers = await call.trailing_metadata()
+            error = _status(code, await call.details(), trailers, table)[1]
+            yield error_frame(error, media_type)
+    except grpc.aio.AioRpcError as exc:
+        breaker.settle(_outcome(exc.code(), client_deadline=False))
+        error = _status(exc.code(), exc.details(), exc.trailing_metadata(), table)[1]
+        yield error_frame(error, media_type)
+    except DialogError as exc:
+        yield error_frame(error_json(exc), media_type)
+    except Exception:
+        log.exception("the stream of %s failed", endpoint.grpc_path)
+        yield error_frame(error_json(Internal()), media_type)
+    finally:
+        headers.cancel()
+        call.cancel()
+        breaker.settle(Outcome.ABANDONED)  # unless settled before
+
+
+async def _reads(call: Any) -> AsyncIterator[bytes]:
+    async for raw in call:
+        yield raw
+
+
+async def _with_heartbeats(
+    items: AsyncIterator[bytes], interval_s: float | None
+) -> AsyncIterator[bytes | None]:
+    """``items``, and ``None`` after each ``interval_s`` without one (never, when None).
+    The next item is awaited in a task of its own, so that a heartbeat does not cancel
+    the wait."""
+    if interval_s is None:
+        async for each in items:
+            yield each
+        return
+    pending: asyncio.Task[object] | None = None
+    try:
+        while True:
+            if pending is None:
+                pending = asyncio.create_task(_next(items), name="transcoded stream: next")
+            done, _ = await asyncio.wait({pending}, timeout=interval_s)
+            if not done:
+                yield None
+                continue
+            result, pending = pending.result(), None
+            if not isinstance(result, bytes):
+                return  # _END
+            yield result
+    finally:
+        if pending is not None:
+            pending.cancel()
+
+
+async def _next(items: AsyncIterator[bytes]) -> object:
+    try:
+        return await anext(items)
+    except StopAsyncIteration:
+        return _END
