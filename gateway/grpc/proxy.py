@@ -69,7 +69,7 @@ from gateway.grpc.expiry import until_expiry
 from gateway.grpc.peer import client_cert_identity
 from gateway.lifecycle import REFUSED, Phase
 from gateway.service import DialogService
-from gateway.upstream import CLIENT_METADATA_KEY, USER_METADATA_KEY
+from gateway.upstream import CLIENT_METADATA_KEY, USER_METADATA_KEY, BackendPool
 
 log = logging.getLogger(__name__)
 
@@ -213,7 +213,7 @@ class BackendProxy(grpc.GenericRpcHandler):  # type: ignore[type-arg]
         service, pool = self._service, self._service.pool
         name = route.backend.name
         remaining_s = context.time_remaining()
-        breaker = _BreakerReport(pool.admit(name), lambda p, o: pool.settle(name, p, o))
+        breaker = BreakerReport(pool, name)
         # No (de)serializers: messages stay bytes.
         call = pool.channels[name].stream_stream(route.path, None, None)(
             requests,
@@ -232,7 +232,7 @@ class BackendProxy(grpc.GenericRpcHandler):  # type: ignore[type-arg]
             else:
                 responses = service.drain.until(Phase.CLOSING, responses)
             code, trailers, details = await self._send(call, responses, context)
-            breaker.settle(_outcome(code, client_deadline=remaining_s is not None))
+            breaker.settle(call_outcome(code, client_deadline=remaining_s is not None))
         finally:
             call.cancel()
             breaker.settle(Outcome.ABANDONED)  # unless settled before
@@ -265,7 +265,7 @@ class BackendProxy(grpc.GenericRpcHandler):  # type: ignore[type-arg]
 
     @staticmethod
     async def _responses(
-        call: Any, context: Context, breaker: _BreakerReport
+        call: Any, context: Context, breaker: BreakerReport
     ) -> AsyncIterator[bytes]:
         """The back-end's response headers, sent on as soon as they arrive, then its
         messages; a failed call raises ``grpc.aio.AioRpcError``."""
@@ -277,21 +277,23 @@ class BackendProxy(grpc.GenericRpcHandler):  # type: ignore[type-arg]
             yield message
 
 
-class _BreakerReport:
-    """The one report to the back-end's circuit breaker of an admitted call: the first
-    ``settle`` counts, later ones are ignored."""
+class BreakerReport:
+    """A call admitted by ``backend``'s circuit breaker (``BackendUnavailable`` when it
+    refuses), and its one report back: the first ``settle`` counts, later ones are
+    ignored."""
 
-    def __init__(self, permit: Permit, report: Callable[[Permit, Outcome], None]):
-        self._permit: Permit | None = permit
-        self._report = report
+    def __init__(self, pool: BackendPool, backend: str):
+        self._permit: Permit | None = pool.admit(backend)
+        self._pool = pool
+        self._backend = backend
 
     def settle(self, outcome: Outcome) -> None:
         if self._permit is not None:
             permit, self._permit = self._permit, None
-            self._report(permit, outcome)
+            self._pool.settle(self._backend, permit, outcome)
 
 
-def _outcome(code: grpc.StatusCode, *, client_deadline: bool) -> Outcome:
+def call_outcome(code: grpc.StatusCode, *, client_deadline: bool) -> Outcome:
     """What a call's status says of the back-end's health: UNAVAILABLE, and a deadline the
     gateway set, are failures; a client's own deadline or cancellation is neither; any
     other status is an answer."""

@@ -27,7 +27,7 @@ from gateway.auth import Identity
 from gateway.breaker import Outcome
 from gateway.errors import DialogError, Draining, Internal
 from gateway.grpc.expiry import until_expiry
-from gateway.grpc.proxy import Metadata, _BreakerReport, _outcome, outgoing_timeout_s
+from gateway.grpc.proxy import BreakerReport, Metadata, call_outcome, outgoing_timeout_s
 from gateway.http.responses import json_response
 from gateway.lifecycle import REFUSED, Phase
 from gateway.service import DialogService
@@ -57,7 +57,7 @@ async def call_unary(
 ) -> Response:
     """Call a unary method; its JSON answer, or its status as the one JSON error."""
     pool, name = service.pool, endpoint.backend
-    breaker = _BreakerReport(pool.admit(name), lambda p, o: pool.settle(name, p, o))
+    breaker = BreakerReport(pool, name)
     # No (de)serializers: the message goes as bytes.
     call = pool.channels[name].unary_unary(endpoint.grpc_path, None, None)(
         message.SerializeToString(),
@@ -73,7 +73,7 @@ async def call_unary(
         (raw,) = [raw async for raw in service.drain.bounded(until_expiry(answer(), deadline))]
         breaker.settle(Outcome.SUCCEEDED)
     except grpc.aio.AioRpcError as exc:
-        breaker.settle(_outcome(exc.code(), client_deadline=False))
+        breaker.settle(call_outcome(exc.code(), client_deadline=False))
         return _status_response(exc.code(), exc.details(), exc.trailing_metadata(), table)
     finally:
         call.cancel()
@@ -115,7 +115,7 @@ async def call_stream(
     """Open the stream; answer its status once the back-end has sent its headers (or was
     silent for ``timeout_ms``), then its messages as events or JSON lines."""
     pool, name = service.pool, endpoint.backend
-    breaker = _BreakerReport(pool.admit(name), lambda p, o: pool.settle(name, p, o))
+    breaker = BreakerReport(pool, name)
     call = pool.channels[name].unary_stream(endpoint.grpc_path, None, None)(
         message.SerializeToString(),
         timeout=outgoing_timeout_s(None, endpoint.kind, pool.configs[name]),
@@ -125,7 +125,7 @@ async def call_stream(
     try:
         await asyncio.wait({headers}, timeout=pool.configs[name].timeout_ms / 1000)
         if call.done() and (code := await call.code()) is not grpc.StatusCode.OK:
-            breaker.settle(_outcome(code, client_deadline=False))
+            breaker.settle(call_outcome(code, client_deadline=False))
             return _status_response(
                 code, await call.details(), await call.trailing_metadata(), table
             )
@@ -146,7 +146,7 @@ async def _frames(
     endpoint: Endpoint,
     call: Any,
     headers: asyncio.Task[Any],
-    breaker: _BreakerReport,
+    breaker: BreakerReport,
     identity: Identity,
     media_type: str,
 ) -> AsyncGenerator[bytes, None]:
@@ -171,13 +171,13 @@ async def _frames(
         if service.drain.phase is Phase.CLOSING and (not call.done() or call.cancelled()):
             raise Draining(REFUSED)
         code = await call.code()
-        breaker.settle(_outcome(code, client_deadline=False))
+        breaker.settle(call_outcome(code, client_deadline=False))
         if code is not grpc.StatusCode.OK:
             trailers = await call.trailing_metadata()
             error = _status(code, await call.details(), trailers, table)[1]
             yield error_frame(error, media_type)
     except grpc.aio.AioRpcError as exc:
-        breaker.settle(_outcome(exc.code(), client_deadline=False))
+        breaker.settle(call_outcome(exc.code(), client_deadline=False))
         error = _status(exc.code(), exc.details(), exc.trailing_metadata(), table)[1]
         yield error_frame(error, media_type)
     except DialogError as exc:
