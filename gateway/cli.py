@@ -63,7 +63,7 @@ def cmd_serve(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     config = _config(env)
     try:
         traces = tracing_config(env, "dialog-gateway")
-        _run(serve(config, Path.cwd(), traces=traces))
+        _run(serve(config, Path.cwd(), traces=traces, env=env))
     except ConfigError as exc:
         raise SystemExit(f"dialog-gateway: configuration error: {exc}") from None
     return 0

@@ -164,6 +164,17 @@ class BackendUnavailable(DialogError):
     ws_close = None
 
 
+class BackendRemoved(DialogError):
+    """A configuration reload removed the back-end while the call was in flight.
+
+    Not a ``BackendUnavailable``: the message is not queued for a back-end that is gone."""
+
+    code = "backend_removed"
+    grpc_status = "UNAVAILABLE"
+    http_status = 503
+    ws_close = None
+
+
 class BackendTimeout(DialogError):
     """The back-end did not finish within the route's timeout."""
 
@@ -238,6 +249,7 @@ ERROR_CLASSES: tuple[type[DialogError], ...] = (
     TooManyConnections,
     MessageTooLarge,
     BackendUnavailable,
+    BackendRemoved,
     BackendTimeout,
     BackendFailed,
     Overloaded,

@@ -60,19 +60,23 @@ class Upstreams:
         self._client = client
         self._reply_queue_max = reply_queue_max
         self._streams: dict[str, BackendStream] = {}
+        self._retired: list[BackendStream] = []  # on a channel a reload replaced
 
     async def _stream(self, backend: str) -> BackendStream:
         stream = self._streams.get(backend)
         if stream is not None and not stream.alive:
             await stream.aclose()
             stream = None
+        if stream is not None and not self._pool.stream_is_current(stream):
+            # A reload replaced the channel: messages in flight finish on the old stream.
+            self._retired.append(stream)
+            stream = None
+        for old in [s for s in self._retired if s.idle or not s.alive]:
+            self._retired.remove(old)
+            await old.aclose()
         if stream is None:
-            stream = BackendStream(
-                self._pool.channels[backend],
-                backend,
-                self._user,
-                client=self._client,
-                reply_queue_max=self._reply_queue_max,
+            stream = self._pool.open_stream(
+                backend, self._user, client=self._client, reply_queue_max=self._reply_queue_max
             )
             self._streams[backend] = stream
         return stream
@@ -88,7 +92,7 @@ class Upstreams:
         each attempt is a child of ``trace_parent`` (by default the current context).
         """
         parent = trace_parent if trace_parent is not None else tracing.current_context()
-        config = self._pool.configs[backend]
+        config = self._pool.config(backend)
         started = time.monotonic()
         deadline = asyncio.get_running_loop().time() + config.timeout_ms / 1000
         code = "OK"
@@ -133,7 +137,7 @@ class Upstreams:
         attempt: int,
         parent: Context,
     ) -> AsyncIterator[message_pb2.Message]:
-        target = self._pool.configs[backend].target
+        target = self._pool.config(backend).target
         span = spans.backend_span(self._pool.tracer, backend, target, msg.id, attempt, parent)
         status = "UNAVAILABLE"  # refused by the breaker, before any network
         try:
@@ -156,6 +160,9 @@ class Upstreams:
                     raise
                 if isinstance(reply, StreamFailed):
                     outcome, status = _outcome_of(reply), reply.code.name
+                    removed = self._pool.removal(backend)
+                    if removed is not None:
+                        raise removed
                     if not answered and reply.code in RETRYABLE:
                         raise _Retry(reply)
                     raise _error_for(reply, backend)
@@ -200,5 +207,6 @@ class Upstreams:
 
     async def aclose(self) -> None:
         """Cancel every open back-end call of this connection."""
-        streams, self._streams = list(self._streams.values()), {}
+        streams, self._streams = [*self._streams.values(), *self._retired], {}
+        self._retired = []
         await asyncio.gather(*(s.aclose() for s in streams), return_exceptions=True)

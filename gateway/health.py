@@ -15,6 +15,7 @@ monitor only uses them.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import logging
 import time
@@ -84,14 +85,7 @@ class HealthMonitor:
         if interval_ms <= 0 or timeout_ms <= 0:
             raise ValueError("health: interval_ms and timeout_ms must be positive")
         self._table = HealthTable({name: required[name] for name in channels})
-        self._checks = {
-            name: channel.unary_unary(
-                CHECK_METHOD,
-                request_serializer=health_pb2.HealthCheckRequest.SerializeToString,
-                response_deserializer=health_pb2.HealthCheckResponse.FromString,
-            )
-            for name, channel in channels.items()
-        }
+        self._checks = {name: self._check_of(channel) for name, channel in channels.items()}
         self._interval_s = interval_ms / 1000
         self._timeout_s = timeout_ms / 1000
         self._servicer = servicer
@@ -99,6 +93,26 @@ class HealthMonitor:
         self._ready = ready
         self._store = store
         self._store_status = Status.UNKNOWN
+
+    def follow(
+        self, channels: Mapping[str, grpc.aio.Channel], required: Mapping[str, bool]
+    ) -> None:
+        """Check these back-ends from now on (a configuration reload); records of back-ends
+        kept carry over. Call it while ``run`` is not running."""
+        for name in self._table.names():
+            if name not in channels:
+                with contextlib.suppress(KeyError):
+                    metrics.BACKEND_UP.remove(name)
+        self._table = self._table.reconfigured({name: required[name] for name in channels})
+        self._checks = {name: self._check_of(channel) for name, channel in channels.items()}
+
+    @staticmethod
+    def _check_of(channel: grpc.aio.Channel) -> Any:
+        return channel.unary_unary(
+            CHECK_METHOD,
+            request_serializer=health_pb2.HealthCheckRequest.SerializeToString,
+            response_deserializer=health_pb2.HealthCheckResponse.FromString,
+        )
 
     async def run(self) -> None:
         """Check all back-ends every ``interval_ms`` until cancelled.

@@ -97,6 +97,15 @@ class HealthTable:
             for name, is_required in required.items()
         }
 
+    def reconfigured(self, required: Mapping[str, bool]) -> HealthTable:
+        """A table of the back-ends in ``required`` (a configuration reload): the records of
+        back-ends kept carry over, new ones start UNKNOWN."""
+        table = HealthTable(required)
+        for name, is_required in required.items():
+            if name in self._backends:
+                table._backends[name] = replace(self._backends[name], required=is_required)
+        return table
+
     def __iter__(self) -> Iterator[BackendHealth]:
         return iter(self._backends.values())
 

@@ -222,3 +222,10 @@ GRPC_HANDLING_SECONDS = Histogram(
     buckets=LATENCY_BUCKETS,
     registry=REGISTRY,
 )
+CONFIG_RELOADS = Counter(
+    "dialog_gateway_config_reloads_total",
+    "Configuration reloads (SIGHUP or a change of the config files), by result "
+    "(applied, rejected).",
+    ["result"],
+    registry=REGISTRY,
+)

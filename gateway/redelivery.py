@@ -81,8 +81,11 @@ class Redelivery:
         self._tasks.append(asyncio.create_task(self._sweep(), name="redelivery-sweep"))
 
     def wake(self, backend: str) -> None:
-        """Something was just queued for ``backend``."""
-        self._wakes[backend].set()
+        """Something was just queued for ``backend`` (nothing for a back-end added by a
+        reload: its queue is delivered from the next start)."""
+        event = self._wakes.get(backend)
+        if event is not None:
+            event.set()
 
     async def close(self) -> None:
         for task in self._tasks:

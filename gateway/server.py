@@ -12,7 +12,7 @@ import contextlib
 import logging
 import signal
 import ssl
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import grpc
@@ -29,6 +29,7 @@ from gateway.health import HealthMonitor
 from gateway.http.app import build_admin_app, build_app
 from gateway.http.protocol import guarded_protocol
 from gateway.lifecycle import Drain
+from gateway.reload import ConfigReloader
 from gateway.service import DialogService
 from gateway.tls import PublicTls, TlsFiles, reload_on_request
 from gateway.tracing import Tracing, TracingConfig, start_tracing
@@ -123,10 +124,12 @@ async def serve(
     ready: asyncio.Event | None = None,
     *,
     traces: TracingConfig | None = None,
+    env: Mapping[str, str] | None = None,
 ) -> None:
     """Serve until SIGINT or SIGTERM, then drain and return within ``DRAIN_TIMEOUT_S``;
-    SIGHUP reloads the TLS certificates. Spans are exported as ``traces`` says (nowhere
-    without it)."""
+    SIGHUP reloads the TLS certificates and, given the process's ``env`` (the one
+    ``config`` was loaded from), the configuration (``gateway.reload``). Spans are exported
+    as ``traces`` says (nowhere without it)."""
     # Read the certificates first: unusable files stop the start before anything opens.
     tls = PublicTls(TlsFiles.from_config(config, base_dir)) if config.tls else None
     tracing = start_tracing(traces) if traces is not None else Tracing()
@@ -160,13 +163,21 @@ async def serve(
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     reload_requested = asyncio.Event()
-    loop.add_signal_handler(signal.SIGHUP, reload_requested.set)
+    config_reload_requested = asyncio.Event()
+
+    def on_sighup() -> None:
+        reload_requested.set()
+        if env is not None:  # without it, the configuration cannot be loaded again
+            config_reload_requested.set()
+
+    loop.add_signal_handler(signal.SIGHUP, on_sighup)
+    reloader = ConfigReloader(service, env or {}, base_dir, monitor=monitor, reflection=reflection)
     await grpc_server.start()
     async with asyncio.TaskGroup() as tasks:
         stop_task = tasks.create_task(stop.wait(), name="stop-signal")
         background = [
-            tasks.create_task(monitor.run(), name="health-monitor"),
-            tasks.create_task(reflection.run(), name="backend-reflection"),
+            # The health monitor and the reflection follower, restarted on each reload.
+            tasks.create_task(reloader.run(config_reload_requested), name="config-reload"),
             tasks.create_task(reload_on_request(tls, reload_requested), name="tls-reload"),
             stop_task,
         ]

@@ -12,8 +12,10 @@ time each message has left, and routes replies to the waiting request by
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
+import weakref
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,7 +37,7 @@ from gateway.breaker import (
     Permit,
 )
 from gateway.config import BackendConfig, RoutesConfig
-from gateway.errors import BackendUnavailable, InvalidMessage, Overloaded
+from gateway.errors import BackendRemoved, BackendUnavailable, InvalidMessage, Overloaded
 from gateway.retrybudget import RetryBudget, RetryBudgetPolicy
 from gateway.translate import is_final
 
@@ -53,6 +55,36 @@ class StreamFailed:
 
     code: grpc.StatusCode
     details: str
+
+
+@dataclass(frozen=True)
+class BackendChanges:
+    """How the back-ends of a new configuration differ from the current ones, by name."""
+
+    added: tuple[str, ...] = ()
+    removed: tuple[str, ...] = ()
+    changed: tuple[str, ...] = ()  # any field differs: target, certificates, timeout, ...
+
+    @classmethod
+    def between(cls, current: Mapping[str, BackendConfig], routes: RoutesConfig) -> BackendChanges:
+        new = {b.name: b for b in routes.backends}
+        return cls(
+            added=tuple(name for name in new if name not in current),
+            removed=tuple(name for name in current if name not in new),
+            changed=tuple(name for name in new if name in current and current[name] != new[name]),
+        )
+
+    def describe(self) -> str:
+        parts = [
+            f"{what} {', '.join(names)}"
+            for what, names in (
+                ("added", self.added),
+                ("removed", self.removed),
+                ("changed", self.changed),
+            )
+            if names
+        ]
+        return "; ".join(parts) or "no back-end changed"
 
 
 Reply = message_pb2.Message | StreamFailed
@@ -106,33 +138,135 @@ class BackendPool:
         self.channels: dict[str, grpc.aio.Channel] = {}
         self._clock = clock
         self.tracer = tracer
-        budget = RetryBudgetPolicy(ratio=retry_budget_ratio, min_per_s=retry_budget_min_per_s)
+        self._base_dir = base_dir
+        self._breaker_failures = breaker_failures
+        self._breaker_open_ms = breaker_open_ms
+        self._budget = RetryBudgetPolicy(ratio=retry_budget_ratio, min_per_s=retry_budget_min_per_s)
         self._breakers: dict[str, CircuitBreaker] = {}
         self._budgets: dict[str, RetryBudget] = {}
+        self._streams: dict[str, weakref.WeakSet[BackendStream]] = {}
+        self._removed: dict[str, str] = {}  # back-end name -> why its calls end
+        self._retiring: set[asyncio.Task[None]] = set()
         for b in routes.backends:
-            credentials = grpc.ssl_channel_credentials(
-                root_certificates=_read(base_dir, b.ca_file),
-                private_key=_read(base_dir, b.key_file),
-                certificate_chain=_read(base_dir, b.cert_file),
-            )
-            self.channels[b.name] = grpc.aio.secure_channel(
-                b.target, credentials, options=channel_options(b, max_message_bytes)
-            )
-            policy = BreakerPolicy(
-                failures=breaker_failures,
-                open_s=breaker_open_ms / 1000,
-                trial_timeout_s=b.timeout_ms / 1000,
-            )
-            self._breakers[b.name] = CircuitBreaker(policy)
-            self._budgets[b.name] = RetryBudget(budget)
-            metrics.BREAKER_STATE.labels(backend=b.name).set(GAUGE_VALUE[BreakerState.CLOSED])
+            self._install(b, self._open_channel(b, max_message_bytes))
+
+    def _open_channel(self, b: BackendConfig, max_message_bytes: int) -> grpc.aio.Channel:
+        """A new mutual-TLS channel to ``b``; raises ``OSError`` when a file is unreadable."""
+        credentials = grpc.ssl_channel_credentials(
+            root_certificates=_read(self._base_dir, b.ca_file),
+            private_key=_read(self._base_dir, b.key_file),
+            certificate_chain=_read(self._base_dir, b.cert_file),
+        )
+        return grpc.aio.secure_channel(
+            b.target, credentials, options=channel_options(b, max_message_bytes)
+        )
+
+    def _install(self, b: BackendConfig, channel: grpc.aio.Channel) -> None:
+        """Make ``channel`` the channel of ``b``, with a fresh breaker and retry budget."""
+        policy = BreakerPolicy(
+            failures=self._breaker_failures,
+            open_s=self._breaker_open_ms / 1000,
+            trial_timeout_s=b.timeout_ms / 1000,
+        )
+        self.channels[b.name] = channel
+        self._breakers[b.name] = CircuitBreaker(policy)
+        self._budgets[b.name] = RetryBudget(self._budget)
+        self._streams[b.name] = weakref.WeakSet()
+        self._removed.pop(b.name, None)
+        metrics.BREAKER_STATE.labels(backend=b.name).set(GAUGE_VALUE[BreakerState.CLOSED])
+
+    def apply(self, routes: RoutesConfig, *, max_message_bytes: int) -> BackendChanges:
+        """Take the back-ends of ``routes`` (a configuration reload), all or nothing.
+
+        An added back-end gets a channel. A changed one (any field differs) gets a new
+        channel at once; calls in flight on the old one have its ``timeout_ms`` to finish
+        before it closes, and each connection's stream moves to the new channel with its
+        next message (``stream_is_current``). A removed one's streams end at once, its
+        calls failing with ``BackendRemoved``, and its channel closes. Raises ``OSError``
+        (nothing applied) when a certificate file of a new channel cannot be read.
+        """
+        changes = BackendChanges.between(self.configs, routes)
+        opened: dict[str, grpc.aio.Channel] = {}
+        try:
+            for name in (*changes.added, *changes.changed):
+                opened[name] = self._open_channel(routes.backend(name), max_message_bytes)
+        except OSError:
+            for channel in opened.values():
+                self._retire(channel, [], 0.0, "")
+            raise
+        old_configs, self.configs = self.configs, {b.name: b for b in routes.backends}
+        for name in changes.changed:
+            streams = list(self._streams[name])
+            grace_s = old_configs[name].timeout_ms / 1000
+            reason = f"back-end {name!r} was replaced by a configuration reload"
+            self._retire(self.channels[name], streams, grace_s, reason)
+        for name in (*changes.added, *changes.changed):
+            self._install(routes.backend(name), opened[name])
+        for name in changes.removed:
+            reason = f"back-end {name!r} was removed by a configuration reload"
+            self._removed[name] = reason
+            self._retire(self.channels.pop(name), list(self._streams.pop(name)), 0.0, reason)
+            del self._breakers[name], self._budgets[name]
+            with contextlib.suppress(KeyError):
+                metrics.BREAKER_STATE.remove(name)
+        return changes
+
+    def _retire(
+        self, channel: grpc.aio.Channel, streams: list[BackendStream], grace_s: float, reason: str
+    ) -> None:
+        """Close ``channel`` after ``grace_s``, first ending ``streams`` with ``reason``."""
+
+        async def retire() -> None:
+            if grace_s:
+                await asyncio.sleep(grace_s)
+            for stream in streams:
+                stream.end(grpc.StatusCode.UNAVAILABLE, reason)
+            await channel.close(grace=None)
+
+        task = asyncio.create_task(retire(), name="upstream-retire-channel")
+        self._retiring.add(task)
+        task.add_done_callback(self._retiring.discard)
+
+    def removal(self, backend: str) -> BackendRemoved | None:
+        """The error of a call to ``backend`` when a reload removed it, else None."""
+        reason = self._removed.get(backend)
+        return BackendRemoved(reason) if reason is not None else None
+
+    def config(self, backend: str) -> BackendConfig:
+        """``backend``'s configuration; ``BackendRemoved`` when a reload removed it."""
+        config = self.configs.get(backend)
+        if config is None:
+            raise self.removal(backend) or BackendUnavailable(f"no back-end {backend!r}")
+        return config
+
+    def open_stream(
+        self, backend: str, user: str, *, client: str = "", reply_queue_max: int
+    ) -> BackendStream:
+        """A new ``Backend.Converse`` stream on ``backend``'s current channel."""
+        self.config(backend)
+        stream = BackendStream(
+            self.channels[backend],
+            backend,
+            user,
+            client=client,
+            reply_queue_max=reply_queue_max,
+        )
+        self._streams[backend].add(stream)
+        return stream
+
+    def stream_is_current(self, stream: BackendStream) -> bool:
+        """Whether ``stream`` runs on its back-end's current channel (not one a reload
+        replaced or removed)."""
+        return self.channels.get(stream.backend) is stream.channel
 
     def accepting(self, backend: str) -> bool:
         """Whether a call to ``backend`` would be let through now: False while its
         breaker is open, or half-open with its one trial call in flight. Reserves
         nothing (the trial goes to the next call): use it to decide whether to try
         the back-end at all, e.g. before delivering queued messages."""
-        breaker = self._breakers[backend]
+        breaker = self._breakers.get(backend)
+        if breaker is None:  # removed by a reload: its queued messages wait in the store
+            return False
         accepting = breaker.accepting(self._clock())
         self._publish(backend)
         return accepting
@@ -156,6 +290,7 @@ class BackendPool:
         without touching the network, while its breaker refuses calls.
 
         Every permit must be given back with ``settle``."""
+        self.config(backend)  # raises BackendRemoved for a back-end a reload removed
         permit = self._breakers[backend].admit(self._clock())
         self._publish(backend)
         if permit is None:
@@ -163,18 +298,25 @@ class BackendPool:
         return permit
 
     def settle(self, backend: str, permit: Permit, outcome: Outcome) -> None:
-        """Report how the call admitted with ``permit`` ended."""
-        self._breakers[backend].settle(permit, outcome, self._clock())
+        """Report how the call admitted with ``permit`` ended (nothing, for a back-end
+        that a reload removed meanwhile)."""
+        breaker = self._breakers.get(backend)
+        if breaker is None:
+            return
+        breaker.settle(permit, outcome, self._clock())
         self._publish(backend)
 
     def record_request(self, backend: str) -> None:
         """Count a first attempt to ``backend`` in its retry budget."""
-        self._budgets[backend].record_request(self._clock())
+        budget = self._budgets.get(backend)
+        if budget is not None:
+            budget.record_request(self._clock())
 
     def allow_retry(self, backend: str) -> bool:
         """Spend one retry of ``backend``'s budget and return True, or return False
         when retries would exceed it. Either way the decision is counted."""
-        allowed = self._budgets[backend].try_retry(self._clock())
+        budget = self._budgets.get(backend)
+        allowed = budget is not None and budget.try_retry(self._clock())
         outcome = "allowed" if allowed else "denied"
         metrics.RETRIES.labels(backend=backend, outcome=outcome).inc()
         return allowed
@@ -194,6 +336,9 @@ class BackendPool:
             )
 
     async def close(self) -> None:
+        for task in list(self._retiring):
+            task.cancel()
+        await asyncio.gather(*self._retiring, return_exceptions=True)
         for channel in self.channels.values():
             await channel.close(grace=None)
 
@@ -227,6 +372,7 @@ class BackendStream:
         reply_queue_max: int,
     ):
         self.backend = backend
+        self.channel = channel
         self._reply_queue_max = reply_queue_max
         stub = backend_pb2_grpc.BackendStub(channel)
         metadata = [(USER_METADATA_KEY, user)]
@@ -267,6 +413,15 @@ class BackendStream:
         self._pending[msg.id] = replies
         self._outbox.put_nowait((msg, deadline, trace or {}))
         return replies
+
+    @property
+    def idle(self) -> bool:
+        """No message is waiting for its replies."""
+        return not self._pending
+
+    def end(self, code: grpc.StatusCode, details: str) -> None:
+        """End the call now: every waiting message gets ``StreamFailed(code, details)``."""
+        self._fail(code, details)
 
     def forget(self, msg_id: str) -> None:
         """Stop routing replies for ``msg_id`` (its caller has gone)."""

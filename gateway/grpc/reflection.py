@@ -174,6 +174,16 @@ class BackendReflection:
         self._failures: dict[str, str] = {}
         self.catalog: Catalog = merge(self._own, (), self._configured)
 
+    def follow(self, routes: RoutesConfig) -> None:
+        """Follow the back-ends of ``routes`` from now on (a configuration reload): what was
+        learned from a removed one leaves the catalog at once. Call it while ``run`` is not
+        running."""
+        self._order = [b.name for b in routes.backends]
+        self._configured = {s: b.name for b in routes.backends for s in b.services}
+        self._learned = {n: d for n, d in self._learned.items() if n in self._order}
+        self._failures = {n: f for n, f in self._failures.items() if n in self._order}
+        self._merge()
+
     async def run(self) -> None:
         """Follow every back-end until cancelled."""
         async with asyncio.TaskGroup() as tasks:
