@@ -4,8 +4,10 @@ A queued message must be deliverable by any replica, long after the client that
 sent it went away: besides the message itself, the entry names the user (the
 back-end stream's ``x-dialog-user``, and whose event log gets the replies), the
 client certificate identity, the idempotency key whose outcome the delivery
-records, and the entity seq it holds. The encoding is one line of JSON followed
-by the serialized ``dialog.v1.Message``.
+records, the entity seq it holds, and the W3C trace context of the message's span
+(so that its delivery, however late, continues the message's trace). The encoding is
+one line of JSON followed by the serialized ``dialog.v1.Message``; an entry written
+before the trace context was kept has none, and decodes with none.
 """
 
 from __future__ import annotations
@@ -26,6 +28,8 @@ class QueuedWork:
     ``log_seq`` is the seq the message has in the user's event log, so that the
     outcome recorded for ``key`` repeats what the client was acknowledged with.
     ``entity`` is the store's (user-scoped) entity key, empty when unordered.
+    ``traceparent`` and ``tracestate`` are the W3C trace context of the span the message
+    was admitted in (empty: none).
     """
 
     user: str
@@ -34,6 +38,8 @@ class QueuedWork:
     entity: str
     log_seq: int
     message: Message
+    traceparent: str = ""
+    tracestate: str = ""
 
     def encode(self) -> bytes:
         header = {
@@ -43,6 +49,7 @@ class QueuedWork:
             "entity": self.entity,
             "log_seq": self.log_seq,
         }
+        header.update(self.trace_context())
         return json.dumps(header).encode() + b"\n" + self.message.SerializeToString()
 
     @classmethod
@@ -60,10 +67,17 @@ class QueuedWork:
                 entity=str(fields["entity"]),
                 log_seq=int(fields["log_seq"]),
                 message=Message.FromString(body),
+                traceparent=str(fields.get("traceparent", "")),
+                tracestate=str(fields.get("tracestate", "")),
             )
         # json raises ValueError, a missing field KeyError, protobuf its DecodeError.
         except Exception as exc:
             raise ValueError(f"unreadable queued message: {exc}") from None
+
+    def trace_context(self) -> dict[str, str]:
+        """``traceparent`` and ``tracestate``, those that are set (a W3C carrier)."""
+        values = {"traceparent": self.traceparent, "tracestate": self.tracestate}
+        return {name: value for name, value in values.items() if value}
 
     def logged(self) -> Message:
         """The message as the user's event log holds it (the log's seq)."""

@@ -57,7 +57,7 @@ from gateway.translate import (
     make_error,
     set_time,
 )
-from gateway.upstream import BackendPool
+from gateway.upstream import BackendChanges, BackendPool
 
 
 def new_id() -> str:
@@ -142,6 +142,18 @@ class DialogService:
             retry_budget_min_per_s=config.retry_budget_min_per_s,
             tracer=tracer,
         )
+
+    def apply_config(self, config: GatewayConfig) -> BackendChanges:
+        """Take a reloaded configuration: its back-ends (``BackendPool.apply``), its routes,
+        and the settings read from ``self.config`` at use time. All or nothing: on
+        ``OSError`` (a certificate file of a new channel) nothing changed. Settings read
+        once at start (listeners, TLS, tokens, store, ...) keep their old values until a
+        restart (docs/mesh.md, "Reload")."""
+        changes = self.pool.apply(config.routes, max_message_bytes=config.max_message_bytes)
+        self.routes = RouteTable.from_config(config.routes)
+        self.allowed_origins = parse_allowed_origins(config.allowed_origins)
+        self.config = config
+        return changes
 
     async def start(self) -> None:
         """Open the message store and the event hub, start the queue workers, load the
@@ -266,6 +278,8 @@ class DialogService:
                     stored.seq = entity_seq
                     return Admission(stored, backend, replay=Outcome(stored, ()))
             await hub.publish(identity.subject, stored, origin)
+            # Kept with the message, so that a delivery from the queue continues its trace.
+            trace_context = tracing.current_carrier()
             work = QueuedWork(
                 user=identity.subject,
                 client=identity.client,
@@ -273,6 +287,8 @@ class DialogService:
                 entity=entity,
                 log_seq=stored.seq,
                 message=_with_seq(stored, entity_seq),
+                traceparent=trace_context.get(tracing.TRACEPARENT, ""),
+                tracestate=trace_context.get(tracing.TRACESTATE, ""),
             )
             # Durable before the ack: if this process dies, the message is queued.
             lease_s = self._pending_s(backend)
@@ -432,7 +448,9 @@ class DialogService:
         return queued
 
     async def _deliver_queued(self, backend: str, work: QueuedWork) -> None:
-        """Deliver a queued message; its replies go to the user's event log."""
+        """Deliver a queued message; its replies go to the user's event log. Its back-end
+        call's span is a child of the span the message was admitted in (a new trace for
+        an entry queued without one): the delivery is the rest of that message's work."""
         upstreams = Upstreams(
             self.pool,
             work.user,
@@ -440,7 +458,8 @@ class DialogService:
             reply_queue_max=self.config.outbound_queue_max,
         )
         try:
-            async for _ in self._forward(upstreams, backend, work):
+            parent = tracing.from_carrier(work.trace_context())
+            async for _ in self._forward(upstreams, backend, work, parent):
                 pass
         finally:
             await upstreams.aclose()

@@ -98,14 +98,20 @@ async def ending(span: Span, body: AsyncGenerator[T, None]) -> AsyncIterator[T]:
 
 
 def grpc_server_span(
-    tracer: Tracer, method: str, metadata: Iterable[tuple[str, str | bytes]] | None, peer: str
+    tracer: Tracer,
+    method: str,
+    metadata: Iterable[tuple[str, str | bytes]] | None,
+    peer: str,
+    *,
+    service: str = GATEWAY_SERVICE,
 ) -> Span:
-    """The span of one ``dialog.v1.Gateway`` call, child of the metadata's ``traceparent``.
+    """The span of one call to ``service`` (a ``dialog.v1.Gateway`` call, or a back-end's
+    call that the gateway relays), child of the metadata's ``traceparent``.
 
     ``peer`` is ``grpc.aio.ServicerContext.peer()`` (``ipv4:127.0.0.1:5000``)."""
     attributes: dict[str, Any] = {
         "rpc.system": "grpc",
-        "rpc.service": GATEWAY_SERVICE,
+        "rpc.service": service,
         "rpc.method": method,
     }
     family, _, address = peer.partition(":")
@@ -115,7 +121,7 @@ def grpc_server_span(
         if port:
             attributes["client.port"] = port
     return tracer.start_span(
-        f"{GATEWAY_SERVICE}/{method}",
+        f"{service}/{method}",
         context=from_metadata(metadata),
         kind=SpanKind.SERVER,
         attributes=attributes,

@@ -10,9 +10,11 @@ Trace context (W3C Trace Context: ``traceparent`` and ``tracestate``) comes in f
 headers (``from_headers``), gRPC metadata (``from_metadata``) and the ``context.labels`` of
 a message (``take_from_labels``, which also removes them), and goes out to a back-end in
 the labels of each message forwarded (``set_labels``): the back-end stream carries many
-messages, so a per-call header cannot carry each one's context. The gateway owns those
-two label keys: what a client sent is removed before the message is stored, and what a
-back-end receives is always the gateway's own.
+messages, so a per-call header cannot carry each one's context. A proxied or transcoded
+call carries its span's context (``carrier``) in its own metadata instead, and a queued
+message keeps its span's (``current_carrier``, read back with ``from_carrier``). The
+gateway owns those two label keys: what a client sent is removed before the message is
+stored, and what a back-end receives is always the gateway's own.
 
 The spans themselves are in ``gateway.spans``.
 """
@@ -252,6 +254,12 @@ def from_labels(labels: Mapping[str, str]) -> Context:
     return _extract({k: labels[k] for k in TRACE_LABELS if k in labels})
 
 
+def from_carrier(values: Mapping[str, str]) -> Context:
+    """The trace context ``carrier`` wrote (a new trace when it holds none): the one a
+    queued message keeps."""
+    return from_labels(values)
+
+
 def take_from_labels(msg: message_pb2.Message) -> Context | None:
     """Remove the trace labels from ``msg``; the context they held, if valid."""
     labels = msg.context.labels
@@ -266,6 +274,11 @@ def carrier(span: Span) -> dict[str, str]:
     values: dict[str, str] = {}
     _PROPAGATOR.inject(values, context=trace.set_span_in_context(span))
     return values
+
+
+def current_carrier() -> dict[str, str]:
+    """``carrier`` of the current span."""
+    return carrier(trace.get_current_span())
 
 
 def set_labels(msg: message_pb2.Message, values: Mapping[str, str]) -> None:

@@ -23,8 +23,15 @@ Each call, in order:
 Metadata to the back-end: only the names in ``FORWARDED_METADATA`` and the back-end's
 ``forward_metadata``, values as they came (``-bin`` values as bytes); then ``x-dialog-user``,
 the token's subject, and ``x-dialog-client``, the verified client certificate's identity when
-there is one. ``authorization``, cookies and everything else stay behind; ``grpc-*`` headers
+there is one; then ``traceparent`` (and ``tracestate``) of the call's span, never the
+client's. ``authorization``, cookies and everything else stay behind; ``grpc-*`` headers
 are gRPC's own (``grpc-timeout`` becomes the outgoing deadline).
+
+Tracing: each call to a routed service has a server span, ``<pkg.Service>/<Method>``
+(``rpc.system``, ``rpc.service``, ``rpc.method`` and the final ``rpc.grpc.status_code``),
+a child of the client's ``traceparent``/``tracestate`` metadata; the back-end continues the
+trace from the metadata it receives. A call to a service no back-end serves has no span
+(its name is the client's to choose, so unbounded).
 
 Metadata back: the back-end's response headers as soon as they arrive, then its status code,
 details and trailers as they are (``grpc-status-details-bin`` included).
@@ -46,13 +53,14 @@ import asyncio
 import dataclasses
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeAlias
 
 import grpc
+from opentelemetry.trace import Span
 
-from gateway import metrics
+from gateway import metrics, spans, tracing
 from gateway.auth import Identity, require_scopes
 from gateway.breaker import Outcome, Permit
 from gateway.config import BackendConfig
@@ -75,7 +83,14 @@ log = logging.getLogger(__name__)
 
 SURFACE = "grpc"
 # Client metadata forwarded to every back-end; a back-end's forward_metadata adds names.
-FORWARDED_METADATA = frozenset({"x-request-id", "traceparent", "tracestate"})
+# The trace context is never the client's: it is the gateway span's (``outgoing_metadata``).
+FORWARDED_METADATA = frozenset({"x-request-id"})
+
+
+def allowed_metadata(backend: BackendConfig) -> frozenset[str]:
+    """The client metadata names ``backend`` receives (read per call: a reload may change
+    them)."""
+    return FORWARDED_METADATA | frozenset(backend.forward_metadata)
 UNKNOWN = "unknown"  # grpc_type and grpc_method of a method no merged descriptor describes
 SINGLE_RESPONSE = frozenset({CallKind.UNARY, CallKind.CLIENT_STREAM})
 # Subscriptable in the type stubs only.
@@ -92,13 +107,19 @@ def split_method(path: str) -> tuple[str, str] | None:
 
 
 def outgoing_metadata(
-    incoming: Iterable[tuple[str, str | bytes]], allowed: frozenset[str], identity: Identity
+    incoming: Iterable[tuple[str, str | bytes]],
+    allowed: frozenset[str],
+    identity: Identity,
+    trace_context: Mapping[str, str],
 ) -> Metadata:
-    """What the back-end receives: the allowed client metadata, then the verified identity."""
-    forwarded = [(k, v) for k, v in incoming if k in allowed]
+    """What the back-end receives: the allowed client metadata, then the verified identity,
+    then ``trace_context`` (``tracing.carrier`` of the gateway's span), which replaces
+    whatever trace context the client sent."""
+    forwarded = [(k, v) for k, v in incoming if k in allowed and k not in tracing.TRACE_LABELS]
     forwarded.append((USER_METADATA_KEY, identity.subject))
     if identity.client:
         forwarded.append((CLIENT_METADATA_KEY, identity.client))
+    forwarded.extend(trace_context.items())
     return tuple(forwarded)
 
 
@@ -138,10 +159,6 @@ class BackendProxy(grpc.GenericRpcHandler):  # type: ignore[type-arg]
     def __init__(self, service: DialogService, catalog: Callable[[], Catalog]):
         self._service = service
         self._catalog = catalog
-        self._allowed = {
-            b.name: FORWARDED_METADATA | frozenset(b.forward_metadata)
-            for b in service.config.routes.backends
-        }
 
     def service(self, handler_call_details: grpc.HandlerCallDetails) -> Handler:
         path = handler_call_details.method
@@ -167,9 +184,10 @@ class BackendProxy(grpc.GenericRpcHandler):  # type: ignore[type-arg]
         route = self._route(path)
         if route is not None:
             metrics.GRPC_STARTED.labels(*route.labels).inc()
+        span = self._span(route, context)
         code = grpc.StatusCode.CANCELLED  # the client went away, unless the call ends otherwise
         try:
-            code = await self._call(route, requests, context)
+            code = await self._call(route, requests, context, span)
         except DialogError as exc:
             code = status_of(exc)
             await abort(context, exc)
@@ -181,11 +199,20 @@ class BackendProxy(grpc.GenericRpcHandler):  # type: ignore[type-arg]
             if route is not None:
                 metrics.GRPC_HANDLED.labels(*route.labels, code.name).inc()
                 metrics.GRPC_HANDLING_SECONDS.labels(*route.labels).observe(
-                    time.monotonic() - started
+                    time.monotonic() - started, exemplar=tracing.exemplar(span)
                 )
+            spans.end_rpc(span, code.name)
+
+    def _span(self, route: Route | None, context: Context) -> Span:
+        """The call's server span (see the module docstring): a non-recording one, which
+        only carries the client's context, for an unrouted call."""
+        tracer = self._service.tracer if route is not None else tracing.NO_TRACER
+        service, method = (route.service, route.method) if route else ("", "")
+        metadata = context.invocation_metadata()
+        return spans.grpc_server_span(tracer, method, metadata, context.peer(), service=service)
 
     async def _call(
-        self, route: Route | None, requests: AsyncIterator[bytes], context: Context
+        self, route: Route | None, requests: AsyncIterator[bytes], context: Context, span: Span
     ) -> grpc.StatusCode:
         """Admit the call (drain, token, route, scopes, rate), then relay it."""
         self._service.drain.check()
@@ -204,10 +231,15 @@ class BackendProxy(grpc.GenericRpcHandler):  # type: ignore[type-arg]
             metrics.AUTH_FAILURES.labels(surface=SURFACE, reason="scope").inc()
             raise
         await self._service.rate_limit(identity, SURFACE)
-        return await self._relay(route, identity, requests, context)
+        return await self._relay(route, identity, requests, context, span)
 
     async def _relay(
-        self, route: Route, identity: Identity, requests: AsyncIterator[bytes], context: Context
+        self,
+        route: Route,
+        identity: Identity,
+        requests: AsyncIterator[bytes],
+        context: Context,
+        span: Span,
     ) -> grpc.StatusCode:
         """Relay one admitted call; its status (the back-end's) is set on ``context``."""
         service, pool = self._service, self._service.pool
@@ -219,7 +251,10 @@ class BackendProxy(grpc.GenericRpcHandler):  # type: ignore[type-arg]
             requests,
             timeout=outgoing_timeout_s(remaining_s, route.kind, route.backend),
             metadata=outgoing_metadata(
-                context.invocation_metadata() or (), self._allowed[name], identity
+                context.invocation_metadata() or (),
+                allowed_metadata(pool.configs[name]),
+                identity,
+                tracing.carrier(span),
             ),
         )
         try:

@@ -37,7 +37,7 @@ from gateway.auth import Identity, require_scopes
 from gateway.config import BackendConfig
 from gateway.errors import DialogError, InvalidMessage, PermissionDenied
 from gateway.grpc.descriptors import Catalog
-from gateway.grpc.proxy import FORWARDED_METADATA, Metadata, outgoing_metadata
+from gateway.grpc.proxy import Metadata, allowed_metadata, outgoing_metadata
 from gateway.http.body import read_limited
 from gateway.http.responses import error_response, json_response
 from gateway.http.transcoded_calls import call_stream, call_unary
@@ -60,7 +60,6 @@ log = logging.getLogger(__name__)
 SURFACE = "http"
 SCOPE_KEY = "dialog.transcoded"  # the table and the match, from ``matches`` to the endpoint
 RPC_ROUTE = "/{service}/{method}"  # the route name of an RPC path no method serves
-TRACE_HEADERS = frozenset({"traceparent", "tracestate"})
 
 
 class Transcoder:
@@ -219,7 +218,7 @@ async def _request_message(
 def _metadata(request: Request, backend: BackendConfig, identity: Identity, span: Span) -> Metadata:
     """The proxy's metadata rules, applied to the request's headers; the trace context is
     this request's span."""
-    allowed = (FORWARDED_METADATA | frozenset(backend.forward_metadata)) - TRACE_HEADERS
+    allowed = allowed_metadata(backend)
     incoming: list[tuple[str, str | bytes]] = []
     for name, value in request.headers.items():
         if name not in allowed or not (value.isascii() and value.isprintable()):
@@ -231,5 +230,4 @@ def _metadata(request: Request, backend: BackendConfig, identity: Identity, span
                 raise InvalidMessage(f"header {name!r} is not base64") from None
         else:
             incoming.append((name, value))
-    incoming.extend(tracing.carrier(span).items())
-    return outgoing_metadata(incoming, allowed | TRACE_HEADERS, identity)
+    return outgoing_metadata(incoming, allowed, identity, tracing.carrier(span))

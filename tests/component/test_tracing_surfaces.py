@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import random
 import socket
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -28,7 +27,7 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-from opentelemetry.trace import SpanKind, Tracer, format_span_id, format_trace_id
+from opentelemetry.trace import SpanKind, Tracer, format_trace_id
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.typing import Subprotocol
 
@@ -38,32 +37,18 @@ from dialog.v1 import gateway_pb2, gateway_pb2_grpc, message_pb2
 from gateway.auth import mint_token
 from gateway.certs import create_dev_certs
 from gateway.config import BackendConfig, GatewayConfig, RoutesConfig
+from gateway.delivery import QueuedWork
 from gateway.grpc.servicer import GatewayServicer
 from gateway.health import HealthMonitor
 from gateway.http.app import build_app
 from gateway.server import http_config
 from gateway.service import DialogService
 from gateway.tracing import NO_TRACER
+from tests.support.traces import ClientSpan
 
 SECRET = "tracing-component-test-secret-" + "0" * 16
 SPAN_WAIT_S = 10.0
 BACKEND_SPAN = "dialog.backend.v1.Backend/Converse"
-
-
-@dataclass(frozen=True)
-class ClientSpan:
-    """A span the client says it is in: what it sends as ``traceparent``."""
-
-    trace_id: int
-    span_id: int
-
-    @classmethod
-    def new(cls) -> ClientSpan:
-        return cls(random.getrandbits(128) or 1, random.getrandbits(64) or 1)
-
-    @property
-    def traceparent(self) -> str:
-        return f"00-{format_trace_id(self.trace_id)}-{format_span_id(self.span_id)}-01"
 
 
 class Spans:
@@ -402,6 +387,32 @@ async def test_grpc_converse_traces_each_message_under_the_call(
     second = await spans.one("process dialog.v1.Gateway/Converse", **{"messaging.message.id": "c2"})
     assert parent_id(second) == labelled.span_id
     await forwarded(spans, "c2", second)
+
+
+# --- the durable queue ----------------------------------------------------------------------
+
+
+async def test_a_queued_message_is_delivered_in_the_trace_it_was_admitted_in(
+    gateway: Gateway, spans: Spans
+) -> None:
+    """The queue keeps the trace context of the message's span: the delivery's back-end call
+    is its child, however late it comes."""
+    admitted = ClientSpan.new()
+    work = QueuedWork(
+        user="alice",
+        client="",
+        key="",
+        entity="",
+        log_seq=1,
+        message=grpc_message("q1"),
+        traceparent=admitted.traceparent,
+    )
+    await gateway.service._deliver_queued("chat", QueuedWork.decode(work.encode()))
+    call = await spans.one(BACKEND_SPAN, SpanKind.CLIENT, **{"dialog.message.id": "q1"})
+    assert call.context.trace_id == admitted.trace_id
+    assert parent_id(call) == admitted.span_id
+    adapter = await spans.one(BACKEND_SPAN, SpanKind.SERVER, **{"dialog.message.id": "q1"})
+    assert parent_id(adapter) == call.context.span_id
 
 
 # --- exemplars and the tracing-off path ----------------------------------------------------

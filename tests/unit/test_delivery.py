@@ -1,6 +1,9 @@
-"""What the inbound queue keeps for a message: it round-trips, and a foreign entry is refused."""
+"""What the inbound queue keeps for a message: it round-trips (with its trace context or
+without one, as entries written before it was kept), and a foreign entry is refused."""
 
 from __future__ import annotations
+
+import json
 
 import pytest
 
@@ -28,6 +31,41 @@ def _work(**overrides: object) -> QueuedWork:
 def test_an_entry_round_trips() -> None:
     work = _work()
     assert QueuedWork.decode(work.encode()) == work
+
+
+TRACEPARENT = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+
+
+def test_an_entry_round_trips_with_its_trace_context() -> None:
+    work = _work(traceparent=TRACEPARENT, tracestate="vendor=abc")
+    decoded = QueuedWork.decode(work.encode())
+    assert decoded == work
+    assert decoded.trace_context() == {"traceparent": TRACEPARENT, "tracestate": "vendor=abc"}
+
+
+def test_an_entry_without_trace_context_writes_none_and_reads_none() -> None:
+    work = _work()
+    assert b"trace" not in work.encode().partition(b"\n")[0]
+    assert QueuedWork.decode(work.encode()).trace_context() == {}
+    traced = _work(traceparent=TRACEPARENT)
+    assert QueuedWork.decode(traced.encode()).trace_context() == {"traceparent": TRACEPARENT}
+
+
+def test_an_entry_written_before_trace_context_was_kept_still_decodes() -> None:
+    work = _work()
+    head = json.dumps(
+        {
+            "user": work.user,
+            "client": work.client,
+            "key": work.key,
+            "entity": work.entity,
+            "log_seq": work.log_seq,
+        }
+    )
+    old = head.encode() + b"\n" + work.message.SerializeToString()
+    decoded = QueuedWork.decode(old)
+    assert decoded == work
+    assert (decoded.traceparent, decoded.tracestate) == ("", "")
 
 
 def test_the_logged_form_carries_the_log_seq_and_leaves_the_message_alone() -> None:
