@@ -173,6 +173,7 @@ class GatewayConfig:
     redis_url: str = ""
     dedup_ttl_s: int = 86400
     inflight_margin_ms: int = 30000
+    config_watch_ms: int = 2000
     max_delivery_attempts: int = 5
     redelivery_initial_ms: int = 500
     redelivery_max_ms: int = 30000
@@ -439,6 +440,11 @@ def _validate(config: GatewayConfig) -> None:
             raise ConfigError(f"{name.upper()}: must be positive")
     if not 0 <= config.retry_budget_ratio <= 1:
         raise ConfigError("RETRY_BUDGET_RATIO: expected a fraction between 0 and 1")
-    for name in ("retry_budget_min_per_s", "ws_ping_interval_s", "ws_ping_timeout_s"):
+    for name in (
+        "retry_budget_min_per_s",
+        "ws_ping_interval_s",
+        "ws_ping_timeout_s",
+        "config_watch_ms",
+    ):
         if getattr(config, name) < 0:
             raise ConfigError(f"{name.upper()}: must not be negative")

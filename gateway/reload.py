@@ -1,4 +1,5 @@
-"""Hot reload of routes, back-ends and limits, on SIGHUP.
+"""Hot reload of routes, back-ends and limits, on SIGHUP and when a configuration file
+changes (``watch_files``, every ``CONFIG_WATCH_MS``).
 
 A reload builds a complete new ``GatewayConfig`` with ``load_config`` from the environment
 the process started with. A configuration that does not load is rejected with one log
@@ -17,7 +18,8 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
-from collections.abc import Mapping
+import os
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 from gateway import metrics
@@ -69,6 +71,44 @@ def in_force(current: GatewayConfig, loaded: GatewayConfig) -> GatewayConfig:
     that ``DialogService.config`` says what the process really does)."""
     kept = {name: getattr(current, name) for name in restart_only_changes(current, loaded)}
     return dataclasses.replace(loaded, **kept)
+
+
+Stamp = tuple[int, int] | None
+
+
+def _stamps(paths: Sequence[Path]) -> dict[Path, Stamp]:
+    stamps: dict[Path, Stamp] = {}
+    for path in paths:
+        try:
+            stat = os.stat(path)
+        except OSError:
+            stamps[path] = None
+        else:
+            stamps[path] = (stat.st_mtime_ns, stat.st_size)
+    return stamps
+
+
+async def watch_files(
+    files: Callable[[], Sequence[Path]], changed: asyncio.Event, interval_s: float
+) -> None:
+    """Set ``changed`` each time one of ``files()`` is written, replaced, created or
+    removed (its modification time or size differs), checked every ``interval_s``."""
+    seen = _stamps(files())
+    while True:
+        await asyncio.sleep(interval_s)
+        now = _stamps(files())
+        if now != seen:
+            seen = now
+            changed.set()
+
+
+def config_files(config: GatewayConfig, base_dir: Path) -> list[Path]:
+    """The files a configuration is loaded from: config/gateway.json and the routes file."""
+    routes = Path(config.routes_file)
+    return [
+        base_dir / "config" / "gateway.json",
+        routes if routes.is_absolute() else base_dir / routes,
+    ]
 
 
 class ConfigReloader:

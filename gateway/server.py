@@ -29,7 +29,7 @@ from gateway.health import HealthMonitor
 from gateway.http.app import build_admin_app, build_app
 from gateway.http.protocol import guarded_protocol
 from gateway.lifecycle import Drain
-from gateway.reload import ConfigReloader
+from gateway.reload import ConfigReloader, config_files, watch_files
 from gateway.service import DialogService
 from gateway.tls import PublicTls, TlsFiles, reload_on_request
 from gateway.tracing import Tracing, TracingConfig, start_tracing
@@ -180,7 +180,11 @@ async def serve(
             tasks.create_task(reloader.run(config_reload_requested), name="config-reload"),
             tasks.create_task(reload_on_request(tls, reload_requested), name="tls-reload"),
             stop_task,
-        ]
+            *_file_watchers(
+                tasks, config, service, base_dir, tls, reload_requested,
+                config_reload_requested if env is not None else None,
+            ),
+        ]  # fmt: skip
         http_tasks = {
             tasks.create_task(server.serve(), name=f"http-server:{server.config.port}")
             for server in servers
@@ -246,3 +250,35 @@ async def _drain(
     for server in servers:
         server.should_exit = True
     await grpc_server.stop(drain.remaining_s())
+
+
+def _file_watchers(
+    tasks: asyncio.TaskGroup,
+    config: GatewayConfig,
+    service: DialogService,
+    base_dir: Path,
+    tls: PublicTls | None,
+    tls_changed: asyncio.Event,
+    config_changed: asyncio.Event | None,
+) -> list[asyncio.Task[None]]:
+    """Reload on a file change as on SIGHUP, checked every ``CONFIG_WATCH_MS`` (0: never)."""
+    interval_s = config.config_watch_ms / 1000
+    if not interval_s:
+        return []
+    watchers = []
+    if config_changed is not None:
+
+        def files() -> list[Path]:
+            return config_files(service.config, base_dir)  # a reload may move the routes file
+
+        watchers.append(
+            tasks.create_task(watch_files(files, config_changed, interval_s), name="config-watch")
+        )
+    if tls is not None:
+        paths = [tls.files.cert_file, tls.files.key_file]
+        if tls.files.client_ca_file is not None:
+            paths.append(tls.files.client_ca_file)
+        watchers.append(
+            tasks.create_task(watch_files(lambda: paths, tls_changed, interval_s), name="tls-watch")
+        )
+    return watchers

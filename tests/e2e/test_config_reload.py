@@ -62,7 +62,7 @@ def reload_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         stack.processes.append(Process("spare", popen, log_path))
         wait_until(lambda: port_open(stack.ports["spare"]), TIMEOUT_S, "spare back-end")
         write_routes(stack, routes(stack, spare=False))
-        stack.start_gateway()
+        stack.start_gateway(CONFIG_WATCH_MS="0")  # SIGHUP only: each reload is one signal
         yield stack
     finally:
         stack.stop()
@@ -172,3 +172,37 @@ async def test_removing_a_backend_ends_its_call_in_flight_and_keeps_the_socket(
         frames = await until_final(ws, "gone")
         assert frames[-1]["content"]["data"]["code"] == "unimplemented", frames
     assert stack.health_status() == 200
+
+
+async def test_a_changed_routes_file_is_reloaded_without_a_signal(tmp_path: Path) -> None:
+    """With CONFIG_WATCH_MS, writing routes.json is enough: the change is noticed and
+    applied like a SIGHUP, on the same open socket."""
+    stack = Stack.create(tmp_path)
+    try:
+        stack.start_backends()
+        gateway = stack.start_gateway(CONFIG_WATCH_MS="200")
+        async with ws_connect(stack, stack.token()) as ws:
+            await ws.send(text_message("before", "hello", service="spare-tasks"))
+            frames = await until_final(ws, "before")
+            assert frames[-1]["content"]["data"]["code"] == "unimplemented", frames
+            body = routes(stack, spare=False)
+            body["backends"][1]["target"] = f"127.0.0.1:{stack.ports['tasks']}"
+            body["backends"][0]["target"] = f"127.0.0.1:{stack.ports['chat']}"
+            body["rules"].append({"service": "spare-tasks", "backend": "tasks"})
+            write_routes(stack, body)
+            await asyncio.to_thread(
+                wait_until, lambda: APPLIED in gateway.log(), TIMEOUT_S, "the reload"
+            )
+            await ws.send(
+                json.dumps(
+                    {
+                        "id": "after",
+                        "content": {"type": "task.list"},
+                        "context": {"service": "spare-tasks"},
+                    }
+                )
+            )
+            frames = await until_final(ws, "after")
+            assert frames[-1]["content"]["type"] == "task.list", frames
+    finally:
+        stack.stop()
