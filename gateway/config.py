@@ -17,6 +17,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from gateway.discovery import TargetError, target_addresses
+
 WS_SUBPROTOCOL = "dialog.v1.json"
 DEV_JWT_SECRET_PREFIX = "dev-"
 DEV_JWT_SECRETS = frozenset({"change-me"})  # the placeholder of .env.example
@@ -87,6 +89,9 @@ class BackendConfig:
     scopes: tuple[str, ...] = ()
     method_scopes: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     forward_metadata: tuple[str, ...] = ()
+    # The Consul service whose healthy instances are this back-end's addresses
+    # (gateway/consul.py); ``target``, if also set, is used until Consul first answers.
+    consul_service: str = ""
 
     def call_scopes(self, service: str, method: str) -> frozenset[str]:
         """Every scope a proxied call of ``service``/``method`` requires."""
@@ -191,6 +196,9 @@ class GatewayConfig:
     env: str = "development"
     log_level: str = "INFO"
     routes_file: str = "config/routes.json"
+    consul_http_addr: str = ""
+    consul_http_token: str = ""
+    consul_wait_s: int = 60
     routes: RoutesConfig = field(
         default_factory=lambda: RoutesConfig(backends=(), rules=(), default_backend=None)
     )
@@ -280,8 +288,14 @@ def _read_json(path: Path, *, required: bool = False) -> dict[str, Any]:
 def _load_routes(data: Mapping[str, Any], env: Mapping[str, str], source: str) -> RoutesConfig:
     backends = []
     for entry in data.get("backends", []):
-        if not isinstance(entry, dict) or "name" not in entry or "target" not in entry:
-            raise ConfigError(f"{source}: every backend needs a name and a target")
+        if (
+            not isinstance(entry, dict)
+            or "name" not in entry
+            or not ("target" in entry or "consul_service" in entry)
+        ):
+            raise ConfigError(
+                f"{source}: every backend needs a name and a target or a consul_service"
+            )
         name = str(entry["name"])
         prefix = f"BACKEND_{name.upper().replace('-', '_')}_"
         where = f"{source}: backend {name!r}"
@@ -297,6 +311,13 @@ def _load_routes(data: Mapping[str, Any], env: Mapping[str, str], source: str) -
                 coerced[key] = _coerce(
                     prefix + key.upper(), env[prefix + key.upper()], fields[key].type
                 )
+        coerced.setdefault("target", "")
+        try:
+            target_addresses(coerced["target"])
+        except TargetError as exc:
+            raise ConfigError(f"{where}.target: {exc}") from None
+        if not coerced["target"] and not coerced.get("consul_service"):
+            raise ConfigError(f"{where}.target: empty, and no consul_service")
         backends.append(BackendConfig(retry=retry, **coerced))
     _validate_proxying(backends, source)
     names = {b.name for b in backends}
@@ -438,6 +459,7 @@ def _validate(config: GatewayConfig) -> None:
     ):
         if getattr(config, name) <= 0:
             raise ConfigError(f"{name.upper()}: must be positive")
+    _validate_consul(config)
     if not 0 <= config.retry_budget_ratio <= 1:
         raise ConfigError("RETRY_BUDGET_RATIO: expected a fraction between 0 and 1")
     for name in (
@@ -448,3 +470,22 @@ def _validate(config: GatewayConfig) -> None:
     ):
         if getattr(config, name) < 0:
             raise ConfigError(f"{name.upper()}: must not be negative")
+
+
+def _validate_consul(config: GatewayConfig) -> None:
+    """``CONSUL_HTTP_ADDR`` is needed as soon as a back-end names a ``consul_service``."""
+    discovered = [b.name for b in config.routes.backends if b.consul_service]
+    if discovered and not config.consul_http_addr:
+        raise ConfigError(
+            f"CONSUL_HTTP_ADDR: not set, and backend {discovered[0]!r} has a consul_service"
+        )
+    if config.consul_http_addr:
+        try:
+            url = urlsplit(config.consul_http_addr)
+            _ = url.port
+        except ValueError:
+            raise ConfigError("CONSUL_HTTP_ADDR: not a valid URL") from None
+        if url.scheme not in ("http", "https") or not url.hostname:
+            raise ConfigError("CONSUL_HTTP_ADDR: expected an http:// or https:// URL")
+    if config.consul_wait_s <= 0:
+        raise ConfigError("CONSUL_WAIT_S: must be positive")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import signal
 import ssl
@@ -22,6 +23,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 
 from gateway.config import GatewayConfig
+from gateway.consul import ConsulDiscovery
+from gateway.discovery import with_discovered
 from gateway.grpc.descriptors import Catalog
 from gateway.grpc.reflection import BackendReflection
 from gateway.grpc.server import build_grpc_server
@@ -133,7 +136,11 @@ async def serve(
     # Read the certificates first: unusable files stop the start before anything opens.
     tls = PublicTls(TlsFiles.from_config(config, base_dir)) if config.tls else None
     tracing = start_tracing(traces) if traces is not None else Tracing()
+    discovery = ConsulDiscovery.from_config(config)
+    found = await discovery.first() if discovery is not None else {}
+    config = dataclasses.replace(config, routes=with_discovered(config.routes, found))
     service = DialogService(config, base_dir=base_dir, tracer=tracing.tracer)
+    service.discovered.update(found)
     await service.start()
     health_servicer = health_aio.HealthServicer()
     monitor = HealthMonitor(
@@ -184,6 +191,7 @@ async def serve(
                 tasks, config, service, base_dir, tls, reload_requested,
                 config_reload_requested if env is not None else None,
             ),
+            *_discovery(tasks, discovery, service, config_reload_requested, env is not None),
         ]  # fmt: skip
         http_tasks = {
             tasks.create_task(server.serve(), name=f"http-server:{server.config.port}")
@@ -282,3 +290,26 @@ def _file_watchers(
             tasks.create_task(watch_files(lambda: paths, tls_changed, interval_s), name="tls-watch")
         )
     return watchers
+
+
+def _discovery(
+    tasks: asyncio.TaskGroup,
+    discovery: ConsulDiscovery | None,
+    service: DialogService,
+    config_changed: asyncio.Event,
+    can_reload: bool,
+) -> list[asyncio.Task[None]]:
+    """Follow the Consul services of the back-ends: a new set of instances is recorded in
+    ``service.discovered`` and put in force by a configuration reload (a changed back-end
+    gets a new channel; calls on the old one finish)."""
+    if discovery is None:
+        return []
+    if not can_reload:  # a reload needs the environment the configuration came from
+        log.warning("consul: the instances found at start stay: no environment to reload from")
+        return []
+
+    def changed(backend: str, addresses: tuple[str, ...]) -> None:
+        service.discovered[backend] = addresses
+        config_changed.set()
+
+    return [tasks.create_task(discovery.run(changed), name="consul-discovery")]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import enum
 import os
 import secrets
@@ -27,6 +28,7 @@ from gateway.auth import Identity, bearer_token, one_authorization, require_scop
 from gateway.authenticator import Authenticator
 from gateway.config import GatewayConfig
 from gateway.delivery import QueuedWork, entity_key
+from gateway.discovery import with_discovered
 from gateway.errors import (
     BackendFailed,
     BackendUnavailable,
@@ -119,6 +121,9 @@ class DialogService:
         tracer: Tracer = tracing.NO_TRACER,
     ):
         self.config = config
+        # The addresses Consul reported, by back-end name (gateway.consul): they replace the
+        # target of the file in every configuration put in force.
+        self.discovered: dict[str, tuple[str, ...]] = {}
         self.clock = clock
         self.tracer = tracer
         self.base_dir = base_dir
@@ -148,7 +153,10 @@ class DialogService:
         and the settings read from ``self.config`` at use time. All or nothing: on
         ``OSError`` (a certificate file of a new channel) nothing changed. Settings read
         once at start (listeners, TLS, tokens, store, ...) keep their old values until a
-        restart (docs/mesh.md, "Reload")."""
+        restart (docs/mesh.md, "Reload"). The instances found by discovery
+        (``self.discovered``) replace the targets of their back-ends."""
+        routes = with_discovered(config.routes, self.discovered)
+        config = dataclasses.replace(config, routes=routes)
         changes = self.pool.apply(config.routes, max_message_bytes=config.max_message_bytes)
         self.routes = RouteTable.from_config(config.routes)
         self.allowed_origins = parse_allowed_origins(config.allowed_origins)

@@ -37,6 +37,7 @@ from gateway.breaker import (
     Permit,
 )
 from gateway.config import BackendConfig, RoutesConfig
+from gateway.discovery import SERVICE_CONFIG_JSON, balances, channel_target
 from gateway.errors import BackendRemoved, BackendUnavailable, InvalidMessage, Overloaded
 from gateway.retrybudget import RetryBudget, RetryBudgetPolicy
 from gateway.translate import is_final
@@ -108,8 +109,11 @@ def channel_options(backend: BackendConfig, max_message_bytes: int) -> list[tupl
         ("grpc.keepalive_time_ms", 30000),
         ("grpc.keepalive_timeout_ms", 10000),
     ]
-    if backend.server_name:
+    if backend.server_name:  # the TLS name of every instance
         options.append(("grpc.ssl_target_name_override", backend.server_name))
+    if balances(backend.target):
+        # Several instances: gRPC balances the calls itself (gateway.discovery).
+        options.append(("grpc.service_config", SERVICE_CONFIG_JSON))
     return options
 
 
@@ -158,7 +162,7 @@ class BackendPool:
             certificate_chain=_read(self._base_dir, b.cert_file),
         )
         return grpc.aio.secure_channel(
-            b.target, credentials, options=channel_options(b, max_message_bytes)
+            channel_target(b.target), credentials, options=channel_options(b, max_message_bytes)
         )
 
     def _install(self, b: BackendConfig, channel: grpc.aio.Channel) -> None:

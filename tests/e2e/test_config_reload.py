@@ -10,8 +10,6 @@ import asyncio
 import json
 import os
 import signal
-import subprocess
-import sys
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,7 +18,7 @@ from typing import Any
 import pytest
 
 from tests.e2e.test_websocket import recv_json, text_message, until_final, ws_connect
-from tests.support.stack import ROOT, Process, Stack, free_port, port_open, wait_until
+from tests.support.stack import Stack, free_port, wait_until
 
 TIMEOUT_S = 20
 APPLIED = "configuration reloaded"
@@ -48,19 +46,7 @@ def reload_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     stack.ports["spare"] = free_port()
     try:
         stack.start_backends()
-        log_path = stack.workdir / "spare.log"
-        env = stack.env(
-            RECORDER_FILE=str(stack.workdir / "spare.jsonl"), CHAT_PORT=str(stack.ports["spare"])
-        )
-        popen = subprocess.Popen(
-            [sys.executable, "-m", "tests.support.recorder"],
-            cwd=stack.workdir,
-            env={**env, "PYTHONPATH": str(ROOT)},
-            stdout=log_path.open("wb"),
-            stderr=subprocess.STDOUT,
-        )
-        stack.processes.append(Process("spare", popen, log_path))
-        wait_until(lambda: port_open(stack.ports["spare"]), TIMEOUT_S, "spare back-end")
+        stack.start_recorder("spare", port="spare")
         write_routes(stack, routes(stack, spare=False))
         stack.start_gateway(CONFIG_WATCH_MS="0")  # SIGHUP only: each reload is one signal
         yield stack

@@ -161,21 +161,24 @@ class Stack:
     def recorder_file(self) -> Path:
         return self.workdir / "recorder.jsonl"
 
-    def start_recorder(self, **env: str) -> Process:
-        """The recording back-end (tests/support/recorder.py) in place of ``chat``."""
-        log_path = self.workdir / "recorder.log"
+    def start_recorder(self, name: str = "recorder", port: str = "chat", **env: str) -> Process:
+        """The recording back-end (tests/support/recorder.py) on ``ports[port]`` (in place of
+        ``chat`` by default), recording to ``<name>.jsonl`` (``recorder_file``)."""
+        log_path = self.workdir / f"{name}.log"
+        record = self.workdir / f"{name}.jsonl"
         popen = subprocess.Popen(
             [sys.executable, "-m", "tests.support.recorder"],
             cwd=self.workdir,
-            env={**self.env(RECORDER_FILE=str(self.recorder_file), **env), "PYTHONPATH": str(ROOT)},
+            env={
+                **self.env(RECORDER_FILE=str(record), CHAT_PORT=str(self.ports[port]), **env),
+                "PYTHONPATH": str(ROOT),
+            },
             stdout=log_path.open("wb"),
             stderr=subprocess.STDOUT,
         )
-        proc = Process("recorder", popen, log_path)
+        proc = Process(name, popen, log_path)
         self.processes.append(proc)
-        wait_until(
-            lambda: port_open(self.ports["chat"]) or popen.poll() is not None, 20, "recorder"
-        )
+        wait_until(lambda: port_open(self.ports[port]) or popen.poll() is not None, 20, name)
         assert popen.poll() is None, proc.log()
         return proc
 

@@ -38,6 +38,7 @@ PURE_MODULES = (
     "gateway.transcode.template",
     "gateway.client.frames",
     "gateway.idempotency",
+    "gateway.discovery",
     "gateway.store",
     "gateway.store.records",
     "gateway.store.rules",
