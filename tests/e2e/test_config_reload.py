@@ -192,3 +192,40 @@ async def test_a_changed_routes_file_is_reloaded_without_a_signal(tmp_path: Path
             assert frames[-1]["content"]["type"] == "task.list", frames
     finally:
         stack.stop()
+
+
+async def test_reloads_under_load_drop_no_stream(reload_stack: Stack) -> None:
+    """Five reloads while four sockets keep sending: every socket stays open and every
+    message gets its final reply."""
+    stack = reload_stack
+    await reload(stack, routes(stack, spare=False), APPLIED)
+    stop = asyncio.Event()
+    sent, answered = [0] * 4, [0] * 4
+
+    async def client(n: int) -> None:
+        async with ws_connect(stack, stack.token()) as ws:
+            while not stop.is_set():
+                msg_id = f"c{n}-{sent[n]}"
+                sent[n] += 1
+                await ws.send(text_message(msg_id, msg_id, service="chat"))
+                frames = await until_final(ws, msg_id)
+                assert frames[-1]["content"] == {"type": "text", "text": msg_id}, frames
+                answered[n] += 1
+
+    clients = [asyncio.create_task(client(n)) for n in range(4)]
+    try:
+        for spare in (True, False, True, False, True):
+            before = list(answered)
+            await reload(stack, routes(stack, spare=spare), APPLIED)
+            # Every socket answers again after this reload before the next one.
+            async with asyncio.timeout(TIMEOUT_S):
+                while any(a <= b for a, b in zip(answered, before, strict=True)):
+                    assert not any(c.done() for c in clients), [c.exception() for c in clients]
+                    await asyncio.sleep(0.05)
+    finally:
+        stop.set()
+    async with asyncio.timeout(TIMEOUT_S):
+        await asyncio.gather(*clients)
+    lost = sum(sent) - sum(answered)
+    print(f"reload under load: reloads=5 sent={sum(sent)} answered={sum(answered)} lost={lost}")
+    assert lost == 0
