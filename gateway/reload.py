@@ -103,12 +103,19 @@ async def watch_files(
 
 
 def config_files(config: GatewayConfig, base_dir: Path) -> list[Path]:
-    """The files a configuration is loaded from: config/gateway.json and the routes file."""
-    routes = Path(config.routes_file)
-    return [
-        base_dir / "config" / "gateway.json",
-        routes if routes.is_absolute() else base_dir / routes,
+    """The files a configuration is loaded from: config/gateway.json, the routes file, and
+    each back-end's CA, key and certificate (a rotated one gets a new channel)."""
+
+    def resolve(name: str) -> Path:
+        path = Path(name)
+        return path if path.is_absolute() else base_dir / path
+
+    names = [
+        "config/gateway.json",
+        config.routes_file,
+        *(name for b in config.routes.backends for name in (b.ca_file, b.key_file, b.cert_file)),
     ]
+    return list(dict.fromkeys(resolve(name) for name in names))
 
 
 class ConfigReloader:

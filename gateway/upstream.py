@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import time
 import weakref
@@ -64,7 +65,9 @@ class BackendChanges:
 
     added: tuple[str, ...] = ()
     removed: tuple[str, ...] = ()
-    changed: tuple[str, ...] = ()  # any field differs: target, certificates, timeout, ...
+    # Any field differs (target, certificate paths, timeout, ...), or the contents of its
+    # certificate files (``BackendPool.apply``).
+    changed: tuple[str, ...] = ()
 
     @classmethod
     def between(cls, current: Mapping[str, BackendConfig], routes: RoutesConfig) -> BackendChanges:
@@ -151,15 +154,25 @@ class BackendPool:
         self._streams: dict[str, weakref.WeakSet[BackendStream]] = {}
         self._removed: dict[str, str] = {}  # back-end name -> why its calls end
         self._retiring: set[asyncio.Task[None]] = set()
+        # The CA, key and certificate each channel was opened with: a reload that finds other
+        # bytes in those files (rotated certificates) opens a new channel.
+        self._material: dict[str, tuple[bytes, bytes, bytes]] = {}
         for b in routes.backends:
             self._install(b, self._open_channel(b, max_message_bytes))
 
+    def _read_material(self, b: BackendConfig) -> tuple[bytes, bytes, bytes]:
+        """``b``'s CA, key and certificate; raises ``OSError`` when a file is unreadable."""
+        return (
+            _read(self._base_dir, b.ca_file),
+            _read(self._base_dir, b.key_file),
+            _read(self._base_dir, b.cert_file),
+        )
+
     def _open_channel(self, b: BackendConfig, max_message_bytes: int) -> grpc.aio.Channel:
         """A new mutual-TLS channel to ``b``; raises ``OSError`` when a file is unreadable."""
+        ca, key, cert = self._material[b.name] = self._read_material(b)
         credentials = grpc.ssl_channel_credentials(
-            root_certificates=_read(self._base_dir, b.ca_file),
-            private_key=_read(self._base_dir, b.key_file),
-            certificate_chain=_read(self._base_dir, b.cert_file),
+            root_certificates=ca, private_key=key, certificate_chain=cert
         )
         return grpc.aio.secure_channel(
             channel_target(b.target), credentials, options=channel_options(b, max_message_bytes)
@@ -190,6 +203,15 @@ class BackendPool:
         (nothing applied) when a certificate file of a new channel cannot be read.
         """
         changes = BackendChanges.between(self.configs, routes)
+        rotated = tuple(
+            b.name
+            for b in routes.backends
+            if b.name in self.configs
+            and b.name not in changes.changed
+            and self._read_material(b) != self._material.get(b.name)
+        )
+        changes = dataclasses.replace(changes, changed=(*changes.changed, *rotated))
+        current_material = dict(self._material)
         opened: dict[str, grpc.aio.Channel] = {}
         try:
             for name in (*changes.added, *changes.changed):
@@ -197,6 +219,7 @@ class BackendPool:
         except OSError:
             for channel in opened.values():
                 self._retire(channel, [], 0.0, "")
+            self._material = current_material
             raise
         old_configs, self.configs = self.configs, {b.name: b for b in routes.backends}
         for name in changes.changed:
@@ -210,7 +233,7 @@ class BackendPool:
             reason = f"back-end {name!r} was removed by a configuration reload"
             self._removed[name] = reason
             self._retire(self.channels.pop(name), list(self._streams.pop(name)), 0.0, reason)
-            del self._breakers[name], self._budgets[name]
+            del self._breakers[name], self._budgets[name], self._material[name]
             with contextlib.suppress(KeyError):
                 metrics.BREAKER_STATE.remove(name)
         return changes

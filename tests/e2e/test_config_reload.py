@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 
+from gateway.certs import issue_cert
 from tests.e2e.test_websocket import recv_json, text_message, until_final, ws_connect
 from tests.support.stack import Stack, free_port, wait_until
 
@@ -229,3 +230,17 @@ async def test_reloads_under_load_drop_no_stream(reload_stack: Stack) -> None:
     lost = sum(sent) - sum(answered)
     print(f"reload under load: reloads=5 sent={sum(sent)} answered={sum(answered)} lost={lost}")
     assert lost == 0
+
+
+async def test_a_rotated_backend_certificate_opens_a_new_channel(reload_stack: Stack) -> None:
+    """New bytes in the gateway's client certificate for the back-ends (same paths): the
+    next reload opens new channels with them, and the open socket keeps working."""
+    stack = reload_stack
+    await reload(stack, routes(stack, spare=False), APPLIED)
+    async with ws_connect(stack, stack.token()) as ws:
+        issue_cert(stack.workdir / "certs", "gateway-client", "gateway", server=False, client=True)
+        line = await reload(stack, routes(stack, spare=False), APPLIED)
+        assert "changed chat, tasks" in line, line
+        await ws.send(text_message("rotated", "still here", service="chat"))
+        frames = await until_final(ws, "rotated")
+        assert frames[-1]["content"] == {"type": "text", "text": "still here"}, frames
