@@ -140,7 +140,15 @@ async def http_client(stack: Stack, name: str, ledger: Ledger) -> None:
             # Over HTTP the request itself is acknowledged: it must get an answer.
             ledger.acked.add(msg_id)
             try:
-                r = await client.post(f"{stack.base_url}/messages", json=body, headers=headers)
+                try:
+                    r = await client.post(f"{stack.base_url}/messages", json=body, headers=headers)
+                except httpx.RemoteProtocolError:
+                    # Sent on a kept-alive connection just as the gateway closed it (the
+                    # HTTP/1.1 keep-alive race): send it again, same id, on a new connection.
+                    async with httpx.AsyncClient(verify=stack.ssl_context(), timeout=30) as fresh:
+                        r = await fresh.post(
+                            f"{stack.base_url}/messages", json=body, headers=headers
+                        )
             except httpx.ConnectError:  # never sent: the listener has closed
                 ledger.sent.discard(msg_id)
                 ledger.acked.discard(msg_id)
