@@ -71,6 +71,7 @@ class Redelivery:
             for backend, timeout_s in timeouts_s.items()
         }
         self._wakes = {backend: asyncio.Event() for backend in timeouts_s}
+        self._renewed_at: dict[str, float] = {}  # event-loop time of each lease's renewal
         self._tasks: list[asyncio.Task[None]] = []
 
     def start(self) -> None:
@@ -105,6 +106,21 @@ class Redelivery:
                 for wake in self._wakes.values():
                     wake.set()
 
+    async def _hold(self, backend: str) -> bool:
+        """Whether this process holds ``backend``'s queue. The lease is renewed once a third
+        of it has passed (not on every poll: on SQLite each renewal is an fsync), so it
+        cannot lapse between two renewals."""
+        now = asyncio.get_running_loop().time()
+        lease_s = self._lease_s[backend]
+        if now < self._renewed_at.get(backend, -lease_s) + lease_s / 3:
+            return True
+        held = await self._store.hold_queue(backend, self._consumer, lease_s)
+        if held:
+            self._renewed_at[backend] = now
+        else:
+            self._renewed_at.pop(backend, None)
+        return held
+
     async def _run(self, backend: str) -> None:
         wake, failures = self._wakes[backend], 0
         lease_s = self._lease_s[backend]
@@ -113,7 +129,7 @@ class Redelivery:
         while True:
             worked = False
             try:
-                if not await self._store.hold_queue(backend, self._consumer, lease_s):
+                if not await self._hold(backend):
                     unfinished = []  # another replica holds the queue now and takes them over
                 elif not unfinished:
                     unfinished = await self._store.claim(backend, self._consumer, BATCH, lease_s)
@@ -121,9 +137,7 @@ class Redelivery:
                 while unfinished:
                     await self._deliver_entry(backend, unfinished[0])
                     unfinished.pop(0)
-                    if unfinished and not await self._store.hold_queue(
-                        backend, self._consumer, lease_s
-                    ):
+                    if unfinished and not await self._hold(backend):
                         unfinished = []
                         break
                 failures = 0
