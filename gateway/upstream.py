@@ -466,7 +466,13 @@ class BackendStream:
                     tracing.set_labels(sent, trace)
                 await self._call.write(request)
         except grpc.aio.AioRpcError as exc:
-            self._fail(exc.code(), exc.details() or "")
+            # A write the transport refused because the connection broke under it
+            # surfaces as INTERNAL ("Internal error from Core"): no back-end said
+            # so, and the message may be tried again like any lost connection.
+            code = exc.code()
+            if code is grpc.StatusCode.INTERNAL:
+                code = grpc.StatusCode.UNAVAILABLE
+            self._fail(code, exc.details() or "")
         except (grpc.aio.UsageError, asyncio.InvalidStateError):
             self._fail(grpc.StatusCode.UNAVAILABLE, "stream closed")
 
@@ -488,7 +494,7 @@ class BackendStream:
         if self.failure is not None:
             return
         self.failure = StreamFailed(code, details)
-        log.info("stream to %s failed: %s", self.backend, code.name)
+        log.info("stream to %s failed: %s %s", self.backend, code.name, details)
         for queue in self._pending.values():
             # A full queue already holds replies its reader has not taken; it
             # learns of the failure through ``alive`` once it has drained them.
