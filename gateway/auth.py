@@ -79,6 +79,40 @@ class Identity:
     client: str = ""
 
 
+def encode_identity(identity: Identity) -> bytes:
+    """``identity`` as bytes for the message store (a ticket stands for it)."""
+    return json.dumps(
+        {
+            "sub": identity.subject,
+            "scopes": sorted(identity.scopes),
+            "exp": identity.expires_at,
+            "client": identity.client,
+        },
+        separators=(",", ":"),
+    ).encode()
+
+
+def decode_identity(data: bytes) -> Identity:
+    """The ``Identity`` that ``encode_identity`` wrote; ``ValueError`` for anything else."""
+    try:
+        fields = json.loads(data)
+        subject, scopes = fields["sub"], fields["scopes"]
+        expires_at, client = fields["exp"], fields["client"]
+    except (ValueError, TypeError, KeyError) as exc:
+        raise ValueError("not an encoded identity") from exc
+    if not (
+        isinstance(subject, str)
+        and subject
+        and isinstance(scopes, list)
+        and all(isinstance(s, str) for s in scopes)
+        and isinstance(expires_at, int | float)
+        and not isinstance(expires_at, bool)
+        and isinstance(client, str)
+    ):
+        raise ValueError("not an encoded identity")
+    return Identity(subject, frozenset(scopes), float(expires_at), client)
+
+
 class KeySetError(ValueError):
     """A JWKS document with no usable key at all; the message is short and safe to log."""
 

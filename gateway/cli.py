@@ -57,10 +57,20 @@ def _config(env: Mapping[str, str]) -> GatewayConfig:
 
 
 def cmd_serve(args: argparse.Namespace, env: Mapping[str, str]) -> int:
+    """One gateway process; with ``WORKERS`` > 1, the supervisor of that many worker
+    processes (``gateway.workers``), each of which runs this command again."""
+    from gateway.workers import METRICS_DIR_ENV, WORKER_ENV, supervise
+
+    config = _config(env)
+    if config.workers > 1 and WORKER_ENV not in env:
+        return supervise(config, env)
+    if WORKER_ENV in env and METRICS_DIR_ENV in env:
+        from gateway.metrics import expose_every_worker
+
+        expose_every_worker(env[METRICS_DIR_ENV])
     from gateway.server import serve
     from gateway.tracing import tracing_config
 
-    config = _config(env)
     try:
         traces = tracing_config(env, "dialog-gateway")
         _run(serve(config, Path.cwd(), traces=traces, env=env))
@@ -274,7 +284,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     env = environment(Path.cwd())
-    setup_logging(env.get("LOG_LEVEL", "INFO"))
+    from gateway.workers import WORKER_ENV
+
+    worker = env.get(WORKER_ENV)
+    setup_logging(env.get("LOG_LEVEL", "INFO"), f"worker {worker}" if worker else "")
     try:
         return int(args.func(args, env))
     except KeyboardInterrupt:

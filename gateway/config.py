@@ -22,6 +22,7 @@ from gateway.discovery import TargetError, target_addresses
 WS_SUBPROTOCOL = "dialog.v1.json"
 DEV_JWT_SECRET_PREFIX = "dev-"
 DEV_JWT_SECRETS = frozenset({"change-me"})  # the placeholder of .env.example
+STORE_SYNC_MODES = ("full", "normal")
 
 # The public gRPC port's own services; no back-end may claim them, nor the back-end contract
 # (a client reaches back-ends' Converse only through dialog.v1.Gateway), nor gRPC's own
@@ -176,6 +177,7 @@ class GatewayConfig:
     event_log_max_age_s: int = 86400
     data_dir: str = "data"
     redis_url: str = ""
+    store_sync: str = "full"
     dedup_ttl_s: int = 86400
     inflight_margin_ms: int = 30000
     config_watch_ms: int = 2000
@@ -189,10 +191,12 @@ class GatewayConfig:
     drain_timeout_s: int = 20
     ws_ping_interval_s: int = 20
     ws_ping_timeout_s: int = 20
+    ws_compression: bool = False
     auth_timeout_ms: int = 10000
     body_timeout_ms: int = 10000
     head_timeout_ms: int = 10000
     max_connections: int = 1000
+    workers: int = 1
     env: str = "development"
     log_level: str = "INFO"
     routes_file: str = "config/routes.json"
@@ -434,6 +438,8 @@ def _validate(config: GatewayConfig) -> None:
             raise ConfigError(f"{name.upper()}: not a port number")
     if config.client_cert_mode not in ("off", "optional", "required"):
         raise ConfigError("CLIENT_CERT_MODE: expected off, optional or required")
+    if config.store_sync not in STORE_SYNC_MODES:
+        raise ConfigError("STORE_SYNC: expected full or normal")
     if config.client_cert_mode != "off" and not config.client_ca_file:
         raise ConfigError(f"CLIENT_CERT_MODE: {config.client_cert_mode} needs CLIENT_CA_FILE")
     if config.client_cert_mode != "off" and not config.tls:
@@ -456,9 +462,11 @@ def _validate(config: GatewayConfig) -> None:
         "inflight_margin_ms",
         "reflection_refresh_ms",
         "reflection_timeout_ms",
+        "workers",
     ):
         if getattr(config, name) <= 0:
             raise ConfigError(f"{name.upper()}: must be positive")
+    _validate_workers(config)
     _validate_consul(config)
     if not 0 <= config.retry_budget_ratio <= 1:
         raise ConfigError("RETRY_BUDGET_RATIO: expected a fraction between 0 and 1")
@@ -470,6 +478,22 @@ def _validate(config: GatewayConfig) -> None:
     ):
         if getattr(config, name) < 0:
             raise ConfigError(f"{name.upper()}: must not be negative")
+
+
+def _validate_workers(config: GatewayConfig) -> None:
+    """Several worker processes share their state through Redis only: the SQLite store's
+    rate windows, connection counts and tickets are each process's own. They share the
+    ports too, so a port cannot be left to the system to choose (0)."""
+    if config.workers == 1:
+        return
+    if not config.redis_url:
+        raise ConfigError(
+            f"WORKERS: {config.workers} workers need REDIS_URL (rate limits, connection "
+            "counts and tickets must be shared); set REDIS_URL or WORKERS=1"
+        )
+    for name in ("port", "grpc_port"):
+        if not getattr(config, name):
+            raise ConfigError(f"WORKERS: {config.workers} workers need a fixed {name.upper()}")
 
 
 def _validate_consul(config: GatewayConfig) -> None:

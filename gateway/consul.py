@@ -5,12 +5,15 @@ HTTP API, "Health" and "Blocking Queries"), which answers when the service's hea
 changes or after the wait. The decisions (which instances, which index next, whether the
 set changed) are ``gateway.discovery``'s; this module only moves the bytes, and hands each
 new set of addresses to ``changed(backend, addresses)``, which puts it in force through the
-configuration reload path (``gateway.server``).
+configuration reload path (``gateway.reload``). A reload hands the back-ends it put in force
+to ``follow``: loops start for back-ends added (or given another service) and stop for those
+removed, while ``run`` goes on.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import random
 from collections.abc import Callable, Mapping
@@ -19,7 +22,15 @@ from urllib.parse import quote
 import httpx
 
 from gateway.config import GatewayConfig
-from gateway.discovery import Found, compare, healthy_addresses, next_index, retry_delay_s
+from gateway.discovery import (
+    Found,
+    compare,
+    consul_services,
+    healthy_addresses,
+    next_index,
+    retry_delay_s,
+    watch_changes,
+)
 
 log = logging.getLogger(__name__)
 
@@ -35,9 +46,19 @@ class ConsulError(Exception):
     """Consul did not give a usable answer."""
 
 
+@dataclasses.dataclass(frozen=True)
+class _Running:
+    """What the loops of a running ``ConsulDiscovery.run`` share."""
+
+    client: httpx.AsyncClient
+    tasks: asyncio.TaskGroup
+    changed: Changed
+
+
 class ConsulDiscovery:
     """The healthy instances of each back-end's Consul service (``services``: back-end
-    name → Consul service name), followed until cancelled (``run``)."""
+    name -> Consul service name), followed until cancelled (``run``); ``follow`` changes
+    the back-ends followed."""
 
     def __init__(
         self,
@@ -55,22 +76,31 @@ class ConsulDiscovery:
         self._rand = rand
         self.addresses: dict[str, tuple[str, ...]] = {}
         self._index: dict[str, int] = {}
+        self._running: _Running | None = None
+        self._watches: dict[str, asyncio.Task[None]] = {}
 
     @classmethod
     def from_config(cls, config: GatewayConfig) -> ConsulDiscovery | None:
-        """The discovery of ``config``'s back-ends, or None when none names a service."""
-        services = {b.name: b.consul_service for b in config.routes.backends if b.consul_service}
-        if not services:
+        """The discovery of ``config``'s back-ends, or None when Consul is not configured
+        (no ``CONSUL_HTTP_ADDR``: then no back-end names a service, at start or later)."""
+        if not config.consul_http_addr:
             return None
         return cls(
             config.consul_http_addr,
-            services,
+            consul_services(config.routes),
             token=config.consul_http_token,
             wait_s=config.consul_wait_s,
         )
 
+    @property
+    def services(self) -> dict[str, str]:
+        """The back-ends followed: back-end name -> Consul service name."""
+        return dict(self._services)
+
     async def first(self) -> dict[str, tuple[str, ...]]:
         """One non-blocking query per back-end (failures are logged): the sets known now."""
+        if not self._services:
+            return {}
         async with self._client() as client:
             await asyncio.gather(
                 *(self._first(client, backend) for backend in self._services),
@@ -87,8 +117,45 @@ class ConsulDiscovery:
     async def run(self, changed: Changed) -> None:
         """Follow every back-end's service until cancelled; ``changed`` gets each new set."""
         async with self._client() as client, asyncio.TaskGroup() as tasks:
-            for backend in self._services:
-                tasks.create_task(self._watch(client, backend, changed), name=f"consul:{backend}")
+            self._running = _Running(client, tasks, changed)
+            try:
+                for backend in self._services:
+                    self._start(backend)
+                await asyncio.Event().wait()  # until cancelled; ``follow`` changes the loops
+            finally:
+                self._running = None
+                self._watches.clear()
+
+    def follow(self, services: Mapping[str, str]) -> tuple[str, ...]:
+        """Follow ``services`` (back-end name -> Consul service name) from now on: stop the
+        loops of back-ends no longer named (or naming another service) and forget what
+        they found, start loops for the new ones (at once when ``run`` is running). The
+        back-ends whose addresses are forgotten are returned."""
+        changes = watch_changes(self._services, services)
+        for backend in changes.stop:
+            task = self._watches.pop(backend, None)
+            if task is not None:
+                task.cancel()
+            self.addresses.pop(backend, None)
+            self._index.pop(backend, None)
+        self._services = dict(services)
+        if self._running is not None:
+            for backend in changes.start:
+                self._start(backend)
+        for backend in changes.stop:
+            if backend not in self._services:
+                log.info("consul: no longer following %s", backend)
+        for backend in changes.start:
+            log.info("consul: following %s (service %s)", backend, self._services[backend])
+        return changes.stop
+
+    def _start(self, backend: str) -> None:
+        running = self._running
+        assert running is not None
+        self._watches[backend] = running.tasks.create_task(
+            self._watch(running.client, backend, self._services[backend], running.changed),
+            name=f"consul:{backend}",
+        )
 
     def _client(self) -> httpx.AsyncClient:
         return httpx.AsyncClient(
@@ -98,11 +165,15 @@ class ConsulDiscovery:
             trust_env=False,
         )
 
-    async def _watch(self, client: httpx.AsyncClient, backend: str, changed: Changed) -> None:
+    async def _watch(
+        self, client: httpx.AsyncClient, backend: str, service: str, changed: Changed
+    ) -> None:
         failures = 0
         while True:
             try:
-                found, index = await self._query(client, backend, self._index.get(backend, 0))
+                found, index = await self._query(
+                    client, backend, self._index.get(backend, 0), service=service
+                )
             except ConsulError as exc:
                 failures += 1
                 delay_s = retry_delay_s(failures, self._rand())
@@ -135,10 +206,11 @@ class ConsulDiscovery:
         return outcome
 
     async def _query(
-        self, client: httpx.AsyncClient, backend: str, index: int
+        self, client: httpx.AsyncClient, backend: str, index: int, *, service: str = ""
     ) -> tuple[tuple[str, ...], int]:
-        """The healthy addresses of ``backend``'s service and the next index."""
-        service = quote(self._services[backend], safe="")
+        """The healthy addresses of ``backend``'s service (``service``, by default the one
+        it follows now) and the next index."""
+        service = quote(service or self._services[backend], safe="")
         params = {"passing": "true", "index": str(index), "wait": f"{self._wait_s}s"}
         try:
             response = await client.get(f"/v1/health/service/{service}", params=params)

@@ -23,29 +23,60 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:  # gateway.config validates targets with this module
     from gateway.config import RoutesConfig
 
-# gRPC client-side balancing across every address of the target: round robin, with
-# instances that fail most calls ejected for a while (gRFC A50, "outlier detection";
-# grpcio implements it as ``outlier_detection_experimental``).
-SERVICE_CONFIG: dict[str, Any] = {
-    "loadBalancingConfig": [
-        {
-            "outlier_detection_experimental": {
-                "interval": "10s",
-                "baseEjectionTime": "30s",
-                "maxEjectionTime": "300s",
-                "maxEjectionPercent": 50,
-                "failurePercentageEjection": {
-                    "threshold": 85,
-                    "enforcementPercentage": 100,
-                    "minimumHosts": 2,
-                    "requestVolume": 20,
-                },
-                "childPolicy": [{"round_robin": {}}],
-            }
+
+@dataclasses.dataclass(frozen=True)
+class OutlierPolicy:
+    """When gRPC ejects an instance of a multi-address back-end (gRFC A50, "outlier
+    detection", failure-percentage ejection): every ``interval_s``, an instance that had at
+    least ``request_volume`` calls and failed at least ``threshold_percent`` of them is
+    left out of the round robin for ``base_ejection_s`` times the number of its ejections
+    in a row (at most ``max_ejection_s``), provided ``minimum_hosts`` instances had that
+    many calls, and never more than ``max_ejection_percent`` of the instances at once."""
+
+    interval_s: float = 10.0
+    base_ejection_s: float = 30.0
+    max_ejection_s: float = 300.0
+    max_ejection_percent: int = 50
+    threshold_percent: int = 85
+    minimum_hosts: int = 2
+    request_volume: int = 20
+
+    def service_config(self) -> dict[str, Any]:
+        """The gRPC service config (its ``loadBalancingConfig``) of this policy: round
+        robin under ``outlier_detection_experimental``, grpcio's name for gRFC A50."""
+
+        def duration(seconds: float) -> str:  # protobuf JSON: "1.5s"
+            return f"{seconds:.3f}s"
+
+        return {
+            "loadBalancingConfig": [
+                {
+                    "outlier_detection_experimental": {
+                        "interval": duration(self.interval_s),
+                        "baseEjectionTime": duration(self.base_ejection_s),
+                        "maxEjectionTime": duration(self.max_ejection_s),
+                        "maxEjectionPercent": self.max_ejection_percent,
+                        "failurePercentageEjection": {
+                            "threshold": self.threshold_percent,
+                            "enforcementPercentage": 100,
+                            "minimumHosts": self.minimum_hosts,
+                            "requestVolume": self.request_volume,
+                        },
+                        "childPolicy": [{"round_robin": {}}],
+                    }
+                }
+            ]
         }
-    ]
-}
-SERVICE_CONFIG_JSON = json.dumps(SERVICE_CONFIG, separators=(",", ":"))
+
+    def service_config_json(self) -> str:
+        return json.dumps(self.service_config(), separators=(",", ":"))
+
+
+# gRPC client-side balancing across every address of the target: round robin, with
+# instances that fail most calls ejected for a while.
+OUTLIER_POLICY = OutlierPolicy()
+SERVICE_CONFIG: dict[str, Any] = OUTLIER_POLICY.service_config()
+SERVICE_CONFIG_JSON = OUTLIER_POLICY.service_config_json()
 
 
 class TargetError(ValueError):
@@ -176,6 +207,28 @@ def with_discovered(routes: RoutesConfig, found: Mapping[str, Sequence[str]]) ->
         for b in routes.backends
     )
     return dataclasses.replace(routes, backends=backends)
+
+
+def consul_services(routes: RoutesConfig) -> dict[str, str]:
+    """The Consul service each back-end of ``routes`` follows, by back-end name."""
+    return {b.name: b.consul_service for b in routes.backends if b.consul_service}
+
+
+@dataclasses.dataclass(frozen=True)
+class WatchChanges:
+    """How the blocking-query loops must change to follow new back-ends (by name)."""
+
+    stop: tuple[str, ...] = ()  # removed, or following another service now
+    start: tuple[str, ...] = ()  # added, or following another service now
+
+
+def watch_changes(current: Mapping[str, str], wanted: Mapping[str, str]) -> WatchChanges:
+    """The loops to stop and start to go from following ``current`` to following ``wanted``
+    (both: back-end name -> Consul service). A back-end whose service changed is in both:
+    what was found for the old service says nothing about the new one."""
+    stop = tuple(b for b, service in current.items() if wanted.get(b) != service)
+    start = tuple(b for b, service in wanted.items() if current.get(b) != service)
+    return WatchChanges(stop=stop, start=start)
 
 
 def retry_delay_s(failures: int, rand: float, *, max_s: float = 30.0) -> float:

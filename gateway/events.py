@@ -157,20 +157,30 @@ class EventHub:
             await asyncio.gather(self._watcher, return_exceptions=True)
 
     async def publish(
-        self, user: str, msg: message_pb2.Message, origin: object | None = None
+        self,
+        user: str,
+        msg: message_pb2.Message,
+        origin: object | None = None,
+        *,
+        durable: bool = True,
     ) -> message_pb2.Message:
-        """Append ``msg`` to the user's log (``msg.seq`` becomes its seq) and hand it to
-        this process's subscribers, except the one owned by ``origin`` (the connection
-        that sent it). Raises ``StoreUnavailable`` when the log cannot be written: the
-        message was then not delivered."""
+        """Append ``msg`` to the user's log (``msg.seq`` becomes its seq; ``durable``: see
+        ``Store.append_event``) and hand it to this process's subscribers, except the
+        one owned by ``origin`` (the connection that sent it). Raises
+        ``StoreUnavailable`` when the log cannot be written: the message was then not
+        delivered."""
         msg.seq = 0
-        seq = await self._store.append_event(user, msg.SerializeToString())
-        msg.seq = seq
+        msg.seq = await self._store.append_event(user, msg.SerializeToString(), durable=durable)
+        await self.appended(user, msg, origin)
+        return msg
+
+    async def appended(self, user: str, msg: message_pb2.Message, origin: object | None) -> None:
+        """Hand ``msg``, which the store has just appended to ``user``'s log (``msg.seq``
+        is its seq), to this process's subscribers, except ``origin``'s."""
         for sub in self._subscribers.get(user, ()):
             sub.offer(msg, origin)
-        if seq % TRIM_EVERY == 0:
+        if msg.seq % TRIM_EVERY == 0:
             await self.trim(user)
-        return msg
 
     async def trim(self, user: str) -> None:
         await self._store.trim_events(user, self._log_max_len, self._log_max_age_s)

@@ -1,8 +1,9 @@
 """Forward one message to its back-end and stream the replies back.
 
-``Upstreams`` belongs to one client connection (a WebSocket, a gRPC stream, an
-HTTP request). It opens one ``BackendStream`` per back-end lazily and applies
-the route's timeout, which the back-end is told as the time left. Every
+``Upstreams`` belongs to one client connection (a WebSocket, a gRPC stream), or to
+one user's requests (``SharedUpstreams``). It opens one ``BackendStream`` per
+back-end lazily and applies the route's timeout, which the back-end is told as
+the time left. Every
 attempt asks the back-end's circuit breaker first (an open breaker refuses at
 once, without touching the network) and reports its outcome back. While the
 back-end has not answered the message yet, an UNAVAILABLE attempt is retried,
@@ -13,9 +14,12 @@ context the back-end receives with the message (``gateway.tracing``).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 import time
-from collections.abc import AsyncIterator
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
 
 import grpc
 from opentelemetry.context import Context
@@ -197,7 +201,9 @@ class Upstreams:
         stream: BackendStream, replies: asyncio.Queue[Reply], deadline: float, backend: str
     ) -> Reply:
         """The next reply or failure for one message; ``BackendTimeout`` at the deadline."""
-        if replies.empty() and stream.failure is not None:
+        if not replies.empty():
+            return replies.get_nowait()  # replies often arrive together: no timer to set
+        if stream.failure is not None:
             return stream.failure
         try:
             async with asyncio.timeout_at(deadline):
@@ -210,3 +216,74 @@ class Upstreams:
         streams, self._streams = [*self._streams.values(), *self._retired], {}
         self._retired = []
         await asyncio.gather(*(s.aclose() for s in streams), return_exceptions=True)
+
+
+@dataclass
+class _Kept:
+    upstreams: Upstreams
+    users: int = 0
+    leased_at: float = 0.0  # the last lease's start: ``_kept`` is in this order
+    idle_since: float = 0.0
+
+
+class SharedUpstreams:
+    """Back-end streams kept per user (and client certificate) between the requests of
+    the request/response surfaces (``POST /messages``, ``Gateway.Send``), so that a
+    request does not open and close a back-end stream of its own.
+
+    At most ``max_users`` users' streams are kept while idle; the least recently used
+    idle ones are closed first, and any idle for ``idle_s``. Streams in use are never
+    closed: the bound then waits for them to be given back.
+    """
+
+    def __init__(
+        self,
+        factory: Callable[[str, str], Upstreams],
+        *,
+        max_users: int,
+        idle_s: float,
+        clock: Callable[[], float] = time.monotonic,
+    ):
+        self._factory = factory
+        self._max_users = max_users
+        self._idle_s = idle_s
+        self._clock = clock
+        self._kept: OrderedDict[tuple[str, str], _Kept] = OrderedDict()
+
+    @contextlib.asynccontextmanager
+    async def lease(self, user: str, client: str = "") -> AsyncIterator[Upstreams]:
+        """The user's streams, for one request."""
+        key = (user, client)
+        kept = self._kept.get(key)
+        if kept is None:
+            kept = self._kept[key] = _Kept(self._factory(user, client))
+        self._kept.move_to_end(key)
+        kept.users += 1
+        kept.leased_at = self._clock()
+        try:
+            yield kept.upstreams
+        finally:
+            kept.users -= 1
+            kept.idle_since = self._clock()
+            await self._trim()
+
+    def __len__(self) -> int:
+        return len(self._kept)
+
+    async def _trim(self) -> None:
+        """Close idle streams over the bound (oldest first) and those idle too long."""
+        now = self._clock()
+        excess = len(self._kept) - self._max_users
+        expired: list[tuple[str, str]] = []
+        for key, kept in self._kept.items():
+            if excess <= 0 and now - kept.leased_at < self._idle_s:
+                break  # this one and every later one were leased within idle_s
+            if not kept.users and (excess > 0 or now - kept.idle_since >= self._idle_s):
+                expired.append(key)
+                excess -= 1
+        closing = [self._kept.pop(key).upstreams for key in expired]
+        await asyncio.gather(*(u.aclose() for u in closing), return_exceptions=True)
+
+    async def aclose(self) -> None:
+        kept, self._kept = list(self._kept.values()), OrderedDict()
+        await asyncio.gather(*(k.upstreams.aclose() for k in kept), return_exceptions=True)

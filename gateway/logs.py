@@ -56,10 +56,12 @@ class QuietClientFaults(logging.Filter):
         return not (record.name == "uvicorn.error" and record.msg in self.MESSAGES)
 
 
-def setup_logging(level: str) -> None:
-    """One line per record on stderr, with credentials redacted on every handler."""
+def setup_logging(level: str, process: str = "") -> None:
+    """One line per record on stderr, with credentials redacted on every handler; each line
+    names ``process`` when given (a worker: ``worker 1``)."""
+    where = f"[{process}] " if process else ""
     logging.basicConfig(
-        level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+        level=level.upper(), format=f"%(asctime)s %(levelname)s {where}%(name)s: %(message)s"
     )
     for handler in logging.getLogger().handlers:
         handler.addFilter(RedactCredentials())

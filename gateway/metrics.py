@@ -2,13 +2,24 @@
 
 Labels name a surface, a method, a back-end, a code or a reason: never a raw
 path or a user id.
+
+With several worker processes (``WORKERS`` > 1) the supervisor sets
+``PROMETHEUS_MULTIPROC_DIR`` before the workers start: prometheus_client then keeps every
+value in a file there, and ``/metrics`` adds up those of every worker, whichever worker
+answers. A gauge says how its workers' values combine (``multiprocess_mode``: the sum of
+the open connections, the lowest "up", the highest "stale" or breaker state). That mode
+has no exemplars; one worker's output is as it always was.
 """
 
 from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.multiprocess import MultiProcessCollector
 
 REGISTRY = CollectorRegistry(auto_describe=True)
+# What ``/metrics`` shows: this process's collectors, or with several workers those of
+# every worker (``expose_every_worker``).
+_exposed = REGISTRY
 
 LATENCY_BUCKETS = (
     0.001,
@@ -51,6 +62,7 @@ FIRST_REPLY_SECONDS = Histogram(
 WS_CONNECTIONS = Gauge(
     "dialog_gateway_websocket_connections",
     "Open WebSocket connections.",
+    multiprocess_mode="livesum",
     registry=REGISTRY,
 )
 MESSAGES = Counter(
@@ -75,6 +87,7 @@ BACKEND_UP = Gauge(
     "dialog_gateway_backend_up",
     "1 when the back-end's health check reports SERVING, else 0.",
     ["backend"],
+    multiprocess_mode="livemin",
     registry=REGISTRY,
 )
 
@@ -113,16 +126,19 @@ JWKS_REFRESHES = Counter(
 JWKS_KEYS = Gauge(
     "dialog_gateway_jwks_keys",
     "Usable keys in the JWKS key set in use (the last good one during an outage).",
+    multiprocess_mode="livemin",
     registry=REGISTRY,
 )
 JWKS_LAST_SUCCESS = Gauge(
     "dialog_gateway_jwks_last_success_timestamp_seconds",
     "Unix time of the last successful JWKS fetch; 0 before the first.",
+    multiprocess_mode="livemax",
     registry=REGISTRY,
 )
 JWKS_STALE = Gauge(
     "dialog_gateway_jwks_stale",
     "1 while the last JWKS fetch failed (the last good keys, if any, stay in use), else 0.",
+    multiprocess_mode="livemax",
     registry=REGISTRY,
 )
 
@@ -146,6 +162,13 @@ ENTITY_ORDER = Counter(
     registry=REGISTRY,
 )
 
+BACKEND_STREAMS = Counter(
+    "dialog_backend_streams_opened_total",
+    "Backend.Converse streams opened (one per connection, or per user between requests)",
+    ["backend"],
+    registry=REGISTRY,
+)
+
 QUEUED = Counter(
     "dialog_messages_queued_total",
     "Messages kept in the durable inbound queue because their back-end was unavailable",
@@ -164,6 +187,7 @@ BREAKER_STATE = Gauge(
     "dialog_backend_breaker_state",
     "State of the back-end's circuit breaker: 0 closed, 1 half-open, 2 open.",
     ["backend"],
+    multiprocess_mode="livemax",
     registry=REGISTRY,
 )
 BREAKER_TRANSITIONS = Counter(
@@ -183,6 +207,7 @@ RETRIES = Counter(
 DRAINING = Gauge(
     "dialog_gateway_draining",
     "1 while the gateway drains before it stops (SIGTERM or SIGINT), else 0.",
+    multiprocess_mode="livemax",
     registry=REGISTRY,
 )
 DRAIN_CANCELLED = Counter(
@@ -195,6 +220,7 @@ DRAIN_CANCELLED = Counter(
 STORE_UP = Gauge(
     "dialog_gateway_store_up",
     "1 while the message store (SQLite or Redis) answers the health check, else 0",
+    multiprocess_mode="livemin",
     registry=REGISTRY,
 )
 
@@ -229,3 +255,17 @@ CONFIG_RELOADS = Counter(
     ["result"],
     registry=REGISTRY,
 )
+
+
+def expose_every_worker(directory: str) -> None:
+    """Make ``/metrics`` show the values of every worker process, which prometheus_client
+    keeps in ``directory`` (the ``PROMETHEUS_MULTIPROC_DIR`` this process started with)."""
+    global _exposed
+    registry = CollectorRegistry()
+    MultiProcessCollector(registry, path=directory)  # type: ignore[no-untyped-call]
+    _exposed = registry
+
+
+def exposed_registry() -> CollectorRegistry:
+    """The registry ``/metrics`` encodes."""
+    return _exposed

@@ -12,6 +12,9 @@ attempts. An entry held by a replica that died is claimed by another one once it
 has been idle for the lease (the route timeout plus the longest back-off), and a
 message a dead gateway was delivering directly is queued once its in-flight lease
 has passed (``Store.requeue_stale_inflight``).
+
+The workers follow the configuration reloads (``follow``): a back-end added gets its
+worker at once, and a removed one's worker stops, its queue staying in the store.
 """
 
 from __future__ import annotations
@@ -66,32 +69,66 @@ class Redelivery:
             initial_backoff_ms=config.redelivery_initial_ms,
             max_backoff_ms=config.redelivery_max_ms,
         )
+        self._lease_margin_s = config.redelivery_max_ms / 1000 + LEASE_MARGIN_S
         self._lease_s = {
-            backend: timeout_s + config.redelivery_max_ms / 1000 + LEASE_MARGIN_S
-            for backend, timeout_s in timeouts_s.items()
+            backend: timeout_s + self._lease_margin_s for backend, timeout_s in timeouts_s.items()
         }
         self._wakes = {backend: asyncio.Event() for backend in timeouts_s}
         self._renewed_at: dict[str, float] = {}  # event-loop time of each lease's renewal
-        self._tasks: list[asyncio.Task[None]] = []
+        self._workers: dict[str, asyncio.Task[None]] = {}
+        self._sweeper: asyncio.Task[None] | None = None
 
     def start(self) -> None:
-        self._tasks = [
-            asyncio.create_task(self._run(backend), name=f"redelivery-{backend}")
-            for backend in self._wakes
-        ]
-        self._tasks.append(asyncio.create_task(self._sweep(), name="redelivery-sweep"))
+        for backend in self._wakes:
+            self._start_worker(backend)
+        self._sweeper = asyncio.create_task(self._sweep(), name="redelivery-sweep")
+
+    def _start_worker(self, backend: str) -> None:
+        self._workers[backend] = asyncio.create_task(
+            self._run(backend), name=f"redelivery-{backend}"
+        )
+
+    async def follow(self, timeouts_s: Mapping[str, float]) -> None:
+        """Deliver the queues of these back-ends from now on (a configuration reload):
+        a worker starts for each one added, at once if ``start`` was called, and the
+        worker of each one removed stops (its queued messages stay in the store, for
+        the next process or reload that has the back-end). A changed ``timeout_ms``
+        changes the lease of the next renewal."""
+        removed = [backend for backend in self._wakes if backend not in timeouts_s]
+        added = [backend for backend in timeouts_s if backend not in self._wakes]
+        for backend, timeout_s in timeouts_s.items():
+            self._lease_s[backend] = timeout_s + self._lease_margin_s
+        stopped = [self._workers.pop(b) for b in removed if b in self._workers]
+        for backend in removed:
+            del self._wakes[backend], self._lease_s[backend]
+            self._renewed_at.pop(backend, None)
+        for backend in added:
+            self._wakes[backend] = asyncio.Event()
+            if self._sweeper is not None:
+                self._start_worker(backend)
+        for task in stopped:
+            task.cancel()
+        await asyncio.gather(*stopped, return_exceptions=True)
+        if added or removed:
+            log.info(
+                "queue workers follow the back-ends: started %s; stopped %s",
+                ", ".join(added) or "none",
+                ", ".join(removed) or "none",
+            )
 
     def wake(self, backend: str) -> None:
-        """Something was just queued for ``backend`` (nothing for a back-end added by a
-        reload: its queue is delivered from the next start)."""
+        """Something was just queued for ``backend``."""
         event = self._wakes.get(backend)
         if event is not None:
             event.set()
 
     async def close(self) -> None:
-        for task in self._tasks:
+        tasks = [*self._workers.values(), *([self._sweeper] if self._sweeper else [])]
+        self._workers.clear()
+        self._sweeper = None
+        for task in tasks:
             task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await asyncio.gather(*tasks, return_exceptions=True)
 
     async def _sweep(self) -> None:
         """Queue the in-flight messages of gateways that died before settling them."""
@@ -123,7 +160,6 @@ class Redelivery:
 
     async def _run(self, backend: str) -> None:
         wake, failures = self._wakes[backend], 0
-        lease_s = self._lease_s[backend]
         # Claimed and not yet delivered: after a store outage these go first, in order.
         unfinished: list[QueuedMessage] = []
         while True:
@@ -132,7 +168,9 @@ class Redelivery:
                 if not await self._hold(backend):
                     unfinished = []  # another replica holds the queue now and takes them over
                 elif not unfinished:
-                    unfinished = await self._store.claim(backend, self._consumer, BATCH, lease_s)
+                    unfinished = await self._store.claim(
+                        backend, self._consumer, BATCH, self._lease_s[backend]
+                    )
                 worked = bool(unfinished)
                 while unfinished:
                     await self._deliver_entry(backend, unfinished[0])

@@ -10,7 +10,17 @@ changed, the channels of back-ends removed closed (their calls in flight end wit
 their values until a restart; the log line of the reload names those that changed. Open
 WebSocket, SSE and gRPC connections stay open: their back-end streams move to the new
 channels with their next message. The health monitor and the back-ends' reflection follow
-the new back-ends (they are stopped and started again around the swap).
+the new back-ends (they are stopped and started again around the swap), and so do the
+Consul discovery loops (``ConsulDiscovery.follow``) and the queue workers
+(``Redelivery.follow``).
+
+A reload that changes the token keys (``AUTH_SETTINGS``, or new contents in the JWKS file)
+builds a new ``Authenticator`` and loads its keys before anything is applied: keys that do
+not load reject the whole reload, and the old ones stay. Once the rest is applied, the
+authenticator in use adopts the new keys in one step.
+
+What a reload changes is decided in ``gateway.reload_plan`` (pure); this module reads the
+files and carries it out.
 """
 
 from __future__ import annotations
@@ -23,57 +33,33 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 from gateway import metrics
+from gateway.authenticator import Authenticator
 from gateway.config import ConfigError, GatewayConfig, load_config
+from gateway.consul import ConsulDiscovery
+from gateway.discovery import consul_services
 from gateway.grpc.reflection import BackendReflection
 from gateway.health import HealthMonitor
+from gateway.reload_plan import (
+    LIVE_SETTINGS,
+    Stamp,
+    config_files,
+    in_force,
+    keys_reload,
+    resolve,
+    restart_only_changes,
+)
 from gateway.service import DialogService
 
+__all__ = [
+    "LIVE_SETTINGS",
+    "ConfigReloader",
+    "config_files",
+    "in_force",
+    "restart_only_changes",
+    "watch_files",
+]
+
 log = logging.getLogger(__name__)
-
-# Settings read from ``DialogService.config`` each time they are used (per message, request
-# or new connection): a reload changes them. Every other setting is read once at start.
-LIVE_SETTINGS = frozenset(
-    {
-        "routes",
-        "allowed_origins",
-        "rate_limit_max",
-        "rate_limit_window_ms",
-        "max_inflight",
-        "max_ws_conn",
-        "ws_message_rate_max",
-        "ws_message_rate_window_ms",
-        "ws_rate_violations_max",
-        "json_max_depth",
-        "body_timeout_ms",
-        "auth_timeout_ms",
-        "sse_heartbeat_ms",
-        "outbound_queue_max",
-        "dedup_ttl_s",
-        "inflight_margin_ms",
-        "jwt_leeway_s",
-        "metrics_token",
-        "routes_file",
-    }
-)
-
-
-def restart_only_changes(current: GatewayConfig, loaded: GatewayConfig) -> tuple[str, ...]:
-    """The settings outside ``LIVE_SETTINGS`` whose value differs (they need a restart)."""
-    return tuple(
-        f.name
-        for f in dataclasses.fields(GatewayConfig)
-        if f.name not in LIVE_SETTINGS and getattr(current, f.name) != getattr(loaded, f.name)
-    )
-
-
-def in_force(current: GatewayConfig, loaded: GatewayConfig) -> GatewayConfig:
-    """What a reload puts in force: ``loaded``'s live settings, ``current``'s others (so
-    that ``DialogService.config`` says what the process really does)."""
-    kept = {name: getattr(current, name) for name in restart_only_changes(current, loaded)}
-    return dataclasses.replace(loaded, **kept)
-
-
-Stamp = tuple[int, int] | None
 
 
 def _stamps(paths: Sequence[Path]) -> dict[Path, Stamp]:
@@ -102,25 +88,19 @@ async def watch_files(
             changed.set()
 
 
-def config_files(config: GatewayConfig, base_dir: Path) -> list[Path]:
-    """The files a configuration is loaded from: config/gateway.json, the routes file, and
-    each back-end's CA, key and certificate (a rotated one gets a new channel)."""
+@dataclasses.dataclass(frozen=True)
+class _Prepared:
+    """A reload ready to apply: the configuration loaded and, when the token keys changed,
+    the authenticator with the new ones (``keys_stamp``: the JWKS file they came from)."""
 
-    def resolve(name: str) -> Path:
-        path = Path(name)
-        return path if path.is_absolute() else base_dir / path
-
-    names = [
-        "config/gateway.json",
-        config.routes_file,
-        *(name for b in config.routes.backends for name in (b.ca_file, b.key_file, b.cert_file)),
-    ]
-    return list(dict.fromkeys(resolve(name) for name in names))
+    config: GatewayConfig
+    authenticator: Authenticator | None
+    keys_stamp: Stamp
 
 
 class ConfigReloader:
-    """Runs the health monitor and the reflection follower, and reloads the configuration
-    each time ``requested`` is set; ``run`` until cancelled."""
+    """Runs the health monitor, the reflection follower and the Consul discovery, and
+    reloads the configuration each time ``requested`` is set; ``run`` until cancelled."""
 
     def __init__(
         self,
@@ -130,57 +110,130 @@ class ConfigReloader:
         *,
         monitor: HealthMonitor,
         reflection: BackendReflection,
+        discovery: ConsulDiscovery | None = None,
     ):
         self._service = service
         self._env = dict(env)
         self._base_dir = base_dir
         self._monitor = monitor
         self._reflection = reflection
+        self._discovery = discovery
+        # The JWKS file as it was when the keys in force were loaded.
+        self._keys_stamp = self._jwks_stamp(service.config)
 
     async def run(self, requested: asyncio.Event) -> None:
         async with asyncio.TaskGroup() as tasks:
+            if self._discovery is not None:
+                tasks.create_task(
+                    self._discovery.run(self._discovered(requested)), name="consul-discovery"
+                )
             while True:
                 followers = [
                     tasks.create_task(self._monitor.run(), name="health-monitor"),
                     tasks.create_task(self._reflection.run(), name="backend-reflection"),
                 ]
-                loaded: GatewayConfig | None = None
-                while loaded is None:
+                prepared: _Prepared | None = None
+                while prepared is None:
                     await requested.wait()
                     requested.clear()
-                    loaded = await self._load()
+                    prepared = await self._prepare()
                 for follower in followers:
                     follower.cancel()
                 await asyncio.gather(*followers, return_exceptions=True)
-                self._apply(loaded)
+                await self._apply(prepared)
 
-    async def _load(self) -> GatewayConfig | None:
-        """The new configuration, or None (logged, counted) when it does not load."""
+    def _discovered(self, requested: asyncio.Event) -> Callable[[str, tuple[str, ...]], None]:
+        """What Consul discovery calls with a back-end's new set of instances: recorded in
+        ``service.discovered``, and put in force by a reload (a changed back-end gets a new
+        channel; calls on the old one finish)."""
+        discovered = self._service.discovered
+
+        def changed(backend: str, addresses: tuple[str, ...]) -> None:
+            discovered[backend] = addresses
+            requested.set()
+
+        return changed
+
+    async def _prepare(self) -> _Prepared | None:
+        """The new configuration and, when its token keys changed, the authenticator with
+        the new keys loaded; None (logged, counted) when either does not load."""
         try:
-            return await asyncio.to_thread(load_config, self._env, self._base_dir)
+            loaded = await asyncio.to_thread(load_config, self._env, self._base_dir)
         except ConfigError as exc:
             self._reject(str(exc))
             return None
+        current = self._service.config
+        stamp = self._jwks_stamp(loaded)
+        if not keys_reload(current, loaded, keys_stamp=self._keys_stamp, loaded_stamp=stamp):
+            return _Prepared(loaded, None, self._keys_stamp)
+        authenticator = Authenticator.from_config(
+            loaded, base_dir=self._base_dir, clock=self._service.clock
+        )
+        try:
+            await authenticator.load()
+        except ConfigError as exc:
+            self._reject(str(exc))
+            return None
+        return _Prepared(loaded, authenticator, stamp)
 
-    def _apply(self, loaded: GatewayConfig) -> None:
-        service = self._service
+    async def _apply(self, prepared: _Prepared) -> None:
+        service, loaded, authenticator = self._service, prepared.config, prepared.authenticator
         restart = restart_only_changes(service.config, loaded)
+        # Addresses found for a service a back-end no longer follows say nothing about it.
+        wanted = consul_services(loaded.routes)
+        followed = self._discovery.services if self._discovery is not None else {}
+        stale = {
+            b: service.discovered.pop(b)
+            for b in list(service.discovered)
+            if followed.get(b) != wanted.get(b)
+        }
         try:
             changes = service.apply_config(in_force(service.config, loaded))
         except OSError as exc:
+            service.discovered.update(stale)
+            if authenticator is not None:
+                await authenticator.close()
             self._reject(f"cannot open a back-end channel: {exc}")
             return
+        if authenticator is not None:
+            await service.authenticator.adopt(authenticator)
+            self._keys_stamp = prepared.keys_stamp
+        await self._follow(wanted)
         routes = service.config.routes
-        self._monitor.follow(service.pool.channels, {b.name: b.required for b in routes.backends})
-        self._reflection.follow(routes)
         metrics.CONFIG_RELOADS.labels(result="applied").inc()
         log.info(
-            "configuration reloaded: %s; %d rules, default back-end %s%s",
+            "configuration reloaded: %s; %d rules, default back-end %s%s%s",
             changes.describe(),
             len(routes.rules),
             routes.default_backend or "(none)",
+            "; token keys reloaded" if authenticator is not None else "",
             f"; needs a restart to change: {', '.join(restart)}" if restart else "",
         )
+
+    async def _follow(self, consul: Mapping[str, str]) -> None:
+        """Make the followers of the back-ends follow those in force now: health, reflection,
+        Consul discovery (``consul``: back-end -> service) and the queue workers."""
+        service = self._service
+        routes = service.config.routes
+        self._monitor.follow(service.pool.channels, {b.name: b.required for b in routes.backends})
+        self._reflection.follow(routes)
+        if self._discovery is not None:
+            for backend in self._discovery.follow(consul):
+                service.discovered.pop(backend, None)
+        elif consul:
+            log.warning(
+                "consul: %s not followed: CONSUL_HTTP_ADDR was not set at start",
+                ", ".join(consul),
+            )
+        if service.redelivery is not None:
+            timeouts_s = {name: b.timeout_ms / 1000 for name, b in service.pool.configs.items()}
+            await service.redelivery.follow(timeouts_s)
+
+    def _jwks_stamp(self, config: GatewayConfig) -> Stamp:
+        if not config.jwks_file:
+            return None
+        path = resolve(self._base_dir, config.jwks_file)
+        return _stamps([path])[path]
 
     @staticmethod
     def _reject(reason: str) -> None:

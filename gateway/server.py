@@ -32,6 +32,7 @@ from gateway.health import HealthMonitor
 from gateway.http.app import build_admin_app, build_app
 from gateway.http.protocol import guarded_protocol
 from gateway.lifecycle import Drain
+from gateway.listeners import http_listeners
 from gateway.reload import ConfigReloader, config_files, watch_files
 from gateway.service import DialogService
 from gateway.tls import PublicTls, TlsFiles, reload_on_request
@@ -109,6 +110,9 @@ def http_config(
         log_config=None,
         access_log=False,
         ws_max_size=config.max_message_bytes,
+        # permessage-deflate costs more CPU than it saves on short frames, and compressing
+        # secrets next to attacker-chosen text leaks them (CRIME): off unless asked for.
+        ws_per_message_deflate=config.ws_compression,
         # 0 turns keepalive pings off (interval) or never closes a silent peer (timeout).
         ws_ping_interval=float(config.ws_ping_interval_s) or None,
         ws_ping_timeout=float(config.ws_ping_timeout_s) or None,
@@ -135,6 +139,10 @@ async def serve(
     as ``traces`` says (nowhere without it)."""
     # Read the certificates first: unusable files stop the start before anything opens.
     tls = PublicTls(TlsFiles.from_config(config, base_dir)) if config.tls else None
+    # With several workers (WORKERS) the HTTP ports are shared: bound here, before anything
+    # starts, with SO_REUSEPORT (which uvicorn does not set; gRPC does). By port; empty
+    # with one worker, whose ports uvicorn binds as it always did.
+    listeners = http_listeners(config)
     tracing = start_tracing(traces) if traces is not None else Tracing()
     discovery = ConsulDiscovery.from_config(config)
     found = await discovery.first() if discovery is not None else {}
@@ -178,12 +186,24 @@ async def serve(
             config_reload_requested.set()
 
     loop.add_signal_handler(signal.SIGHUP, on_sighup)
-    reloader = ConfigReloader(service, env or {}, base_dir, monitor=monitor, reflection=reflection)
+    if discovery is not None and env is None and discovery.services:
+        # A reload needs the environment the configuration came from.
+        log.warning("consul: the instances found at start stay: no environment to reload from")
+    reloader = ConfigReloader(
+        service,
+        env or {},
+        base_dir,
+        monitor=monitor,
+        reflection=reflection,
+        # Followed from start, and through each reload (``ConsulDiscovery.follow``).
+        discovery=discovery if env is not None else None,
+    )
     await grpc_server.start()
     async with asyncio.TaskGroup() as tasks:
         stop_task = tasks.create_task(stop.wait(), name="stop-signal")
         background = [
-            # The health monitor and the reflection follower, restarted on each reload.
+            # The health monitor, the reflection follower and Consul discovery, which
+            # follow each reload.
             tasks.create_task(reloader.run(config_reload_requested), name="config-reload"),
             tasks.create_task(reload_on_request(tls, reload_requested), name="tls-reload"),
             stop_task,
@@ -191,10 +211,12 @@ async def serve(
                 tasks, config, service, base_dir, tls, reload_requested,
                 config_reload_requested if env is not None else None,
             ),
-            *_discovery(tasks, discovery, service, config_reload_requested, env is not None),
         ]  # fmt: skip
         http_tasks = {
-            tasks.create_task(server.serve(), name=f"http-server:{server.config.port}")
+            tasks.create_task(
+                server.serve(listeners.get(server.config.port)),
+                name=f"http-server:{server.config.port}",
+            )
             for server in servers
         }
         scheme = "https" if config.tls else "http"
@@ -290,26 +312,3 @@ def _file_watchers(
             tasks.create_task(watch_files(lambda: paths, tls_changed, interval_s), name="tls-watch")
         )
     return watchers
-
-
-def _discovery(
-    tasks: asyncio.TaskGroup,
-    discovery: ConsulDiscovery | None,
-    service: DialogService,
-    config_changed: asyncio.Event,
-    can_reload: bool,
-) -> list[asyncio.Task[None]]:
-    """Follow the Consul services of the back-ends: a new set of instances is recorded in
-    ``service.discovered`` and put in force by a configuration reload (a changed back-end
-    gets a new channel; calls on the old one finish)."""
-    if discovery is None:
-        return []
-    if not can_reload:  # a reload needs the environment the configuration came from
-        log.warning("consul: the instances found at start stay: no environment to reload from")
-        return []
-
-    def changed(backend: str, addresses: tuple[str, ...]) -> None:
-        service.discovered[backend] = addresses
-        config_changed.set()
-
-    return [tasks.create_task(discovery.run(changed), name="consul-discovery")]

@@ -16,6 +16,7 @@ import socket
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,7 +25,14 @@ from opentelemetry.trace import Tracer
 
 from dialog.v1 import message_pb2
 from gateway import metrics, tracing
-from gateway.auth import Identity, bearer_token, one_authorization, require_scopes
+from gateway.auth import (
+    Identity,
+    bearer_token,
+    decode_identity,
+    encode_identity,
+    one_authorization,
+    require_scopes,
+)
 from gateway.authenticator import Authenticator
 from gateway.config import GatewayConfig
 from gateway.delivery import QueuedWork, entity_key
@@ -42,16 +50,17 @@ from gateway.errors import (
     Unauthenticated,
 )
 from gateway.events import EventHub, Subscription
-from gateway.forwarding import Upstreams
+from gateway.forwarding import SharedUpstreams, Upstreams
 from gateway.idempotency import Outcome, dedup_key, fingerprint
 from gateway.lifecycle import Drain
 from gateway.origins import origin_allowed, parse_allowed_origins
 from gateway.redelivery import Redelivery
 from gateway.routing import RouteTable
-from gateway.store import DedupStatus, EntityVerdict, Store
+from gateway.store import Admitted, Completion, DedupStatus, EntityVerdict, Intake, Store
 from gateway.store.connect import connect_store
-from gateway.tickets import TicketBook
+from gateway.tickets import TICKET_BYTES, ticket_lifetime_s, well_formed
 from gateway.translate import (
+    DELTA,
     QUEUED,
     accept_client_message,
     is_final,
@@ -60,6 +69,11 @@ from gateway.translate import (
     set_time,
 )
 from gateway.upstream import BackendChanges, BackendPool
+
+# Back-end streams kept between the requests of POST /messages and Gateway.Send: for
+# this many users at most, each closed once idle this long.
+SHARED_STREAMS_MAX_USERS = 1024
+SHARED_STREAMS_IDLE_S = 60.0
 
 
 def new_id() -> str:
@@ -76,9 +90,8 @@ class Settled(enum.Enum):
 
 
 def _with_seq(stored: message_pb2.Message, seq: int) -> message_pb2.Message:
-    """What the back-end receives: the stored message, with its entity seq (or 0)."""
-    if stored.seq == seq:
-        return stored
+    """What the back-end receives: a copy of the stored message, with its entity seq
+    (or 0)."""
     out = message_pb2.Message()
     out.CopyFrom(stored)
     out.seq = seq
@@ -109,6 +122,32 @@ class Admission:
     trace: Context | None = None
 
 
+class InflightSlot:
+    """One relayed call's place in the process's work in flight: ``MAX_INFLIGHT`` counts
+    dialog messages and relayed calls together, in ``DialogService.inflight``.
+
+    Taken when built: a full process raises ``ServerBusy`` (counted as
+    ``dialog_gateway_rate_limited_total{limit="inflight"}``, like a refused message);
+    given back by the first ``release`` (later ones do nothing), or at the end of a
+    ``with`` block. ``MAX_INFLIGHT`` is read per call, so a reload applies at once."""
+
+    def __init__(self, service: DialogService, surface: str):
+        service.check_inflight(surface)
+        service.inflight += 1
+        self._service: DialogService | None = service
+
+    def release(self) -> None:
+        if self._service is not None:
+            service, self._service = self._service, None
+            service.inflight -= 1
+
+    def __enter__(self) -> InflightSlot:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.release()
+
+
 class DialogService:
     """Shared state and decisions of the gateway process."""
 
@@ -132,9 +171,11 @@ class DialogService:
         self.redelivery: Redelivery | None = None
         self.replica = f"{socket.gethostname()}-{os.getpid()}-{new_id()[:8]}"
         self.authenticator = Authenticator.from_config(config, base_dir=base_dir, clock=clock)
-        self.tickets = TicketBook(config.ws_ticket_ttl_s)
         self.allowed_origins = parse_allowed_origins(config.allowed_origins)
         self.inflight = 0
+        self._shared_upstreams = SharedUpstreams(
+            self._open_upstreams, max_users=SHARED_STREAMS_MAX_USERS, idle_s=SHARED_STREAMS_IDLE_S
+        )
         self.drain = Drain(config.drain_timeout_s)
         self.routes = RouteTable.from_config(config.routes)
         self.pool = BackendPool(
@@ -171,6 +212,7 @@ class DialogService:
             data_dir=self.base_dir / config.data_dir,
             redis_url=config.redis_url,
             max_attempts=config.max_delivery_attempts,
+            sync=config.store_sync,
         )
         self.hub = EventHub(
             self.store,
@@ -193,6 +235,7 @@ class DialogService:
 
     async def close(self) -> None:
         await self.authenticator.close()
+        await self._shared_upstreams.aclose()
         if self.redelivery is not None:
             await self.redelivery.close()
         if self.hub is not None:
@@ -249,9 +292,7 @@ class DialogService:
         """
         self.drain.check()
         store, hub = self._ready()
-        if self.inflight >= self.config.max_inflight:
-            metrics.RATE_LIMITED.labels(surface=surface, limit="inflight").inc()
-            raise ServerBusy("the gateway is busy; try again shortly", retry_after_s=1)
+        self.check_inflight(surface)
         await self.rate_limit(identity, surface)
         entity_seq = msg.seq if msg.context.entity else 0
         stored = accept_client_message(msg, now_s=self.clock(), new_id=new_id)
@@ -262,51 +303,44 @@ class DialogService:
             metrics.AUTH_FAILURES.labels(surface=surface, reason="scope").inc()
             raise
         backend = route.backend
-        key = ""
-        if msg.id:
-            key = dedup_key(identity.subject, msg.id)
-            timeout_s = self._pending_s(backend)
-            result = await store.remember(key, fingerprint(stored), timeout_s)
-            if result.status is DedupStatus.CONFLICT:
-                raise IdempotencyConflict(f"message id {msg.id!r} was used with another body")
-            if result.outcome is None and result.status is DedupStatus.REPLAY:
-                raise IdempotencyConflict(
-                    f"message {msg.id!r} is still being answered; retry shortly", retry_after_s=1
-                )
-            if result.outcome is not None:
-                metrics.DUPLICATES.labels(surface=surface).inc()
-                replay = Outcome.decode(result.outcome)
-                return Admission(replay.stored, backend, replay=replay)
-        entity = ""
-        try:
-            if entity_seq:
-                entity = await self._order(identity, stored, entity_seq, surface)
-                if not entity:
-                    # Applied before: acknowledged, not forwarded again.
-                    stored.seq = entity_seq
-                    return Admission(stored, backend, replay=Outcome(stored, ()))
-            await hub.publish(identity.subject, stored, origin)
-            # Kept with the message, so that a delivery from the queue continues its trace.
-            trace_context = tracing.current_carrier()
-            work = QueuedWork(
+        key = dedup_key(identity.subject, msg.id) if msg.id else ""
+        entity = entity_key(identity.subject, stored.context.entity) if entity_seq else ""
+        # Kept with the message, so that a delivery from the queue continues its trace.
+        trace_context = tracing.current_carrier()
+        work = QueuedWork(
+            user=identity.subject,
+            client=identity.client,
+            key=key,
+            entity=entity,
+            log_seq=0,  # given by the log in the same step (``Store.admit``)
+            message=_with_seq(stored, entity_seq),
+            traceparent=trace_context.get(tracing.TRACEPARENT, ""),
+            tracestate=trace_context.get(tracing.TRACESTATE, ""),
+        )
+        pending_s = self._pending_s(backend)
+        # Durable before the ack: in its user's log, and in flight (if this process
+        # dies, the message is queued).
+        admitted = await store.admit(
+            Intake(
                 user=identity.subject,
-                client=identity.client,
+                event=stored.SerializeToString(),
+                message_id=stored.id,
+                backend=backend,
+                work=lambda seq: dataclasses.replace(work, log_seq=seq).encode(),
+                lease_s=pending_s,
                 key=key,
+                body_hash=fingerprint(stored) if key else "",
+                hold_s=pending_s,
                 entity=entity,
-                log_seq=stored.seq,
-                message=_with_seq(stored, entity_seq),
-                traceparent=trace_context.get(tracing.TRACEPARENT, ""),
-                tracestate=trace_context.get(tracing.TRACESTATE, ""),
+                entity_seq=entity_seq,
             )
-            # Durable before the ack: if this process dies, the message is queued.
-            lease_s = self._pending_s(backend)
-            inflight = await store.track_inflight(stored.id, backend, work.encode(), lease_s)
-        except BaseException:
-            if entity:
-                await store.release_entity_seq(entity, entity_seq)
-            if key:
-                await store.forget(key)
-            raise
+        )
+        if admitted.entity is not None:
+            metrics.ENTITY_ORDER.labels(verdict=admitted.entity.verdict.value).inc()
+        if not admitted.taken:
+            return self._not_taken(admitted, stored, backend, entity_seq, surface)
+        stored.seq = admitted.seq
+        await hub.appended(identity.subject, stored, origin)
         metrics.MESSAGES.labels(surface=surface, backend=backend).inc()
         return Admission(
             stored,
@@ -314,10 +348,52 @@ class DialogService:
             key,
             entity=entity,
             entity_seq=entity_seq,
-            work=work,
-            inflight=inflight,
+            work=dataclasses.replace(work, log_seq=admitted.seq),
+            inflight=admitted.inflight,
             trace=tracing.current_context(),
         )
+
+    @staticmethod
+    def _not_taken(
+        admitted: Admitted,
+        stored: message_pb2.Message,
+        backend: str,
+        entity_seq: int,
+        surface: str,
+    ) -> Admission:
+        """A message the store did not take in: its id was seen before, or its entity
+        seq was applied before (both answered, not forwarded again), or it leaves a
+        gap in its entity's order (``OutOfOrder``)."""
+        dedup, decision = admitted.dedup, admitted.entity
+        if dedup is not None and dedup.status is not DedupStatus.NEW:
+            if dedup.status is DedupStatus.CONFLICT:
+                raise IdempotencyConflict(f"message id {stored.id!r} was used with another body")
+            if dedup.outcome is None:
+                raise IdempotencyConflict(
+                    f"message {stored.id!r} is still being answered; retry shortly",
+                    retry_after_s=1,
+                )
+            metrics.DUPLICATES.labels(surface=surface).inc()
+            replay = Outcome.decode(dedup.outcome)
+            return Admission(replay.stored, backend, replay=replay)
+        assert decision is not None  # a store that takes nothing in says why
+        if decision.verdict is EntityVerdict.GAP:
+            raise OutOfOrder.expecting(stored.context.entity, decision.expected)
+        # Applied before: acknowledged, not forwarded again.
+        stored.seq = entity_seq
+        return Admission(stored, backend, replay=Outcome(stored, ()))
+
+    def check_inflight(self, surface: str) -> None:
+        """Refuse new work with ``ServerBusy`` once ``MAX_INFLIGHT`` messages and relayed
+        calls are in flight."""
+        if self.inflight >= self.config.max_inflight:
+            metrics.RATE_LIMITED.labels(surface=surface, limit="inflight").inc()
+            raise ServerBusy("the gateway is busy; try again shortly", retry_after_s=1)
+
+    def hold_inflight(self, surface: str) -> InflightSlot:
+        """A place in ``MAX_INFLIGHT`` for a relayed call (``check_inflight``), given back
+        by its ``release`` or at the end of its ``with`` block."""
+        return InflightSlot(self, surface)
 
     async def rate_limit(self, identity: Identity, surface: str) -> None:
         """Count one message (or proxied gRPC call) in the user's sliding window, shared by
@@ -333,26 +409,17 @@ class DialogService:
             metrics.RATE_LIMITED.labels(surface=surface, limit="messages").inc()
             raise RateLimited("too many messages; slow down", retry_after_s=retry_after)
 
-    async def _order(
-        self, identity: Identity, stored: message_pb2.Message, seq: int, surface: str
-    ) -> str:
-        """Check ``seq`` against its entity's order: the entity's store key when it
-        applies now, "" for a duplicate; a gap raises ``OutOfOrder``."""
-        store, _ = self._ready()
-        entity = entity_key(identity.subject, stored.context.entity)
-        decision = await store.apply_entity_seq(entity, seq)
-        metrics.ENTITY_ORDER.labels(verdict=decision.verdict.value).inc()
-        if decision.verdict is EntityVerdict.GAP:
-            raise OutOfOrder.expecting(stored.context.entity, decision.expected)
-        return entity if decision.verdict is EntityVerdict.APPLY else ""
-
     def upstreams(self, identity: Identity) -> Upstreams:
         """Back-end streams for one client connection."""
+        return self._open_upstreams(identity.subject, identity.client)
+
+    def request_upstreams(self, identity: Identity) -> AbstractAsyncContextManager[Upstreams]:
+        """The user's back-end streams for one request, kept between requests."""
+        return self._shared_upstreams.lease(identity.subject, identity.client)
+
+    def _open_upstreams(self, user: str, client: str) -> Upstreams:
         return Upstreams(
-            self.pool,
-            identity.subject,
-            client=identity.client,
-            reply_queue_max=self.config.outbound_queue_max,
+            self.pool, user, client=client, reply_queue_max=self.config.outbound_queue_max
         )
 
     async def replies(
@@ -384,7 +451,9 @@ class DialogService:
                 return
             answered = 0
             try:
-                answers = self._forward(upstreams, admission.backend, work, admission.trace)
+                answers = self._forward(
+                    upstreams, admission.backend, work, admission.trace, admission.inflight
+                )
                 async for reply in self.drain.bounded(answers):
                     answered += 1
                     if is_final(reply):
@@ -408,8 +477,8 @@ class DialogService:
         """Settle the in-flight record of an answered, abandoned or failed message."""
         store, _ = self._ready()
         if settled is Settled.DELIVERED:
-            await store.settle_inflight(admission.inflight)
-        elif settled is Settled.ABANDONED:
+            return  # settled with its outcome (``_forward``)
+        if settled is Settled.ABANDONED:
             # Its client went away: acknowledged all the same, so delivered later.
             await self._queue(admission, work)
         elif settled is Settled.FAILED:
@@ -425,21 +494,56 @@ class DialogService:
         backend: str,
         work: QueuedWork,
         trace_parent: Context | None = None,
+        inflight: str = "",
     ) -> AsyncIterator[message_pb2.Message]:
-        """Forward ``work.message``, append each reply to the user's log and yield it; the
-        outcome for repeats is recorded before the final reply is yielded."""
-        store, hub = self._ready()
-        msg, answered = work.message, []
+        """Forward ``work.message``, append each reply to the user's log and yield it.
+        The final reply is logged together with the outcome for repeats and the
+        settling of the in-flight record ``inflight`` (if any): ``_complete``."""
+        _, hub = self._ready()
+        msg, answered = work.message, list[message_pb2.Message]()
         async for reply in upstreams.forward(backend, msg, trace_parent=trace_parent):
             reply.context.reply_to = msg.id
             if not reply.context.conversation_id:
                 reply.context.conversation_id = msg.context.conversation_id
             set_time(reply, self.clock())
-            answered.append(await hub.publish(work.user, reply))
-            if work.key and is_final(reply):
-                outcome = Outcome.of(work.logged(), answered).encode()
-                await store.record_outcome(work.key, outcome, self.config.dedup_ttl_s)
+            if is_final(reply):
+                answered.append(await self._complete(work, reply, answered, inflight))
+            else:
+                # A delta is not fsynced on its own: the final reply's commit covers it.
+                durable = reply.content.type != DELTA
+                answered.append(await hub.publish(work.user, reply, durable=durable))
             yield reply
+
+    async def _complete(
+        self,
+        work: QueuedWork,
+        reply: message_pb2.Message,
+        earlier: Sequence[message_pb2.Message],
+        inflight: str,
+    ) -> message_pb2.Message:
+        """Log the final ``reply`` (``reply.seq`` becomes its seq) and, in the same commit,
+        record the outcome for repeats and settle the in-flight record."""
+        store, hub = self._ready()
+        logged, before = work.logged(), list(earlier)
+
+        def outcome(seq: int) -> bytes:  # run by the store, while this task waits
+            final = message_pb2.Message()
+            final.CopyFrom(reply)
+            final.seq = seq
+            return Outcome.of(logged, [*before, final]).encode()
+
+        reply.seq = 0
+        completion = Completion(
+            work.user,
+            reply.SerializeToString(),
+            key=work.key,
+            outcome=outcome,
+            ttl_s=self.config.dedup_ttl_s,
+            inflight=inflight,
+        )
+        reply.seq = await store.complete(completion)
+        await hub.appended(work.user, reply, None)
+        return reply
 
     async def _queue(self, admission: Admission, work: QueuedWork) -> message_pb2.Message:
         """Move the in-flight message into the durable queue; the ack that says so (also
@@ -535,14 +639,26 @@ class DialogService:
         if not origin_allowed(origin, self.allowed_origins):
             raise PermissionDenied("this origin is not allowed")
 
-    def issue_ticket(self, identity: Identity) -> tuple[str, float]:
-        """A single-use ticket standing for ``identity``, and its lifetime in seconds."""
-        ticket = secrets.token_urlsafe(32)
-        return ticket, self.tickets.issue(identity, ticket, self.clock())
+    async def issue_ticket(self, identity: Identity) -> tuple[str, float]:
+        """A single-use ticket standing for ``identity``, and its lifetime in seconds. It
+        is kept in the message store, so any worker or replica redeems it."""
+        store, _hub = self._ready()
+        ttl_s = ticket_lifetime_s(identity, self.config.ws_ticket_ttl_s, self.clock())
+        if ttl_s <= 0:
+            raise Unauthenticated("the token has expired")
+        ticket = secrets.token_urlsafe(TICKET_BYTES)
+        if not await store.ticket_put(ticket, encode_identity(identity), ttl_s):
+            raise RateLimited("too many outstanding tickets; try again shortly", retry_after_s=1)
+        return ticket, ttl_s
 
-    def redeem_ticket(self, ticket: str, surface: str) -> Identity:
+    async def redeem_ticket(self, ticket: str, surface: str) -> Identity:
         """The identity behind a ticket; an unknown, used or expired one is refused alike."""
-        identity = self.tickets.redeem(ticket, self.clock())
+        store, _hub = self._ready()
+        value = await store.ticket_take(ticket) if well_formed(ticket) else None
+        try:
+            identity = decode_identity(value) if value is not None else None
+        except ValueError:
+            identity = None
         if identity is None:
             metrics.AUTH_FAILURES.labels(surface=surface, reason="ticket").inc()
             raise Unauthenticated("invalid or expired ticket")

@@ -17,6 +17,7 @@ from google.protobuf import json_format
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from dialog.v1 import message_pb2
+from gateway import protojson
 from gateway.errors import DialogError, InvalidMessage, MessageTooLarge
 
 Message = message_pb2.Message
@@ -126,7 +127,7 @@ def parse_message(raw: bytes | str, max_bytes: int, max_depth: int = DEFAULT_MAX
 
 def message_to_dict(msg: Message) -> dict[str, Any]:
     """The JSON form of a ``Message`` (proto field names, short role)."""
-    data: dict[str, Any] = json_format.MessageToDict(msg, preserving_proto_field_name=True)
+    data = protojson.to_dict(msg)
     if "role" in data:
         data["role"] = _role_out(data["role"])
     return data

@@ -38,7 +38,7 @@ from gateway.breaker import (
     Permit,
 )
 from gateway.config import BackendConfig, RoutesConfig
-from gateway.discovery import SERVICE_CONFIG_JSON, balances, channel_target
+from gateway.discovery import OUTLIER_POLICY, OutlierPolicy, balances, channel_target
 from gateway.errors import BackendRemoved, BackendUnavailable, InvalidMessage, Overloaded
 from gateway.retrybudget import RetryBudget, RetryBudgetPolicy
 from gateway.translate import is_final
@@ -101,7 +101,9 @@ def _read(base_dir: Path, path: str) -> bytes:
     return (p if p.is_absolute() else base_dir / p).read_bytes()
 
 
-def channel_options(backend: BackendConfig, max_message_bytes: int) -> list[tuple[str, Any]]:
+def channel_options(
+    backend: BackendConfig, max_message_bytes: int, outlier: OutlierPolicy = OUTLIER_POLICY
+) -> list[tuple[str, Any]]:
     options: list[tuple[str, Any]] = [
         ("grpc.max_send_message_length", max_message_bytes),
         ("grpc.max_receive_message_length", max_message_bytes),
@@ -116,7 +118,7 @@ def channel_options(backend: BackendConfig, max_message_bytes: int) -> list[tupl
         options.append(("grpc.ssl_target_name_override", backend.server_name))
     if balances(backend.target):
         # Several instances: gRPC balances the calls itself (gateway.discovery).
-        options.append(("grpc.service_config", SERVICE_CONFIG_JSON))
+        options.append(("grpc.service_config", outlier.service_config_json()))
     return options
 
 
@@ -125,7 +127,9 @@ class BackendPool:
 
     ``clock`` (monotonic seconds) times the breakers and budgets; the
     ``breaker_*`` and ``retry_budget_*`` arguments are the gateway settings of
-    the same names. ``tracer`` makes the span of each call to a back-end.
+    the same names. ``tracer`` makes the span of each call to a back-end. ``outlier``
+    says when gRPC ejects an instance of a multi-address back-end (its timers run
+    inside gRPC, on its own clock).
     """
 
     def __init__(
@@ -140,8 +144,10 @@ class BackendPool:
         retry_budget_min_per_s: float = 10.0,
         clock: Callable[[], float] = time.monotonic,
         tracer: Tracer = tracing.NO_TRACER,
+        outlier: OutlierPolicy = OUTLIER_POLICY,
     ):
         self.configs: Mapping[str, BackendConfig] = {b.name: b for b in routes.backends}
+        self._outlier = outlier
         self.channels: dict[str, grpc.aio.Channel] = {}
         self._clock = clock
         self.tracer = tracer
@@ -175,7 +181,9 @@ class BackendPool:
             root_certificates=ca, private_key=key, certificate_chain=cert
         )
         return grpc.aio.secure_channel(
-            channel_target(b.target), credentials, options=channel_options(b, max_message_bytes)
+            channel_target(b.target),
+            credentials,
+            options=channel_options(b, max_message_bytes, self._outlier),
         )
 
     def _install(self, b: BackendConfig, channel: grpc.aio.Channel) -> None:
@@ -279,6 +287,7 @@ class BackendPool:
             reply_queue_max=reply_queue_max,
         )
         self._streams[backend].add(stream)
+        metrics.BACKEND_STREAMS.labels(backend=backend).inc()
         return stream
 
     def stream_is_current(self, stream: BackendStream) -> bool:

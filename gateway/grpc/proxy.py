@@ -12,9 +12,13 @@ Each call, in order:
    refused (UNIMPLEMENTED), so that the API's shape is not public;
 3. scopes: ``BackendConfig.call_scopes`` (the back-end's ``scopes`` and its ``method_scopes``
    of the service and of the method), all required (PERMISSION_DENIED);
-4. the rate limit: a call counts as one message in the user's window (RESOURCE_EXHAUSTED);
-5. the back-end's circuit breaker: while it is open, UNAVAILABLE without touching the network;
-6. the relay, over the back-end's mutual-TLS channel (``BackendPool.channels``). Messages are
+4. the process's ``MAX_INFLIGHT``: a call holds one place among the process's work in
+   flight (``InflightSlot``, the count of ``DialogService.inflight``, shared with dialog
+   messages) from here until it ends, streams included; a full process refuses it at once
+   with ``ServerBusy`` (UNAVAILABLE, ``retry-after`` trailer);
+5. the rate limit: a call counts as one message in the user's window (RESOURCE_EXHAUSTED);
+6. the back-end's circuit breaker: while it is open, UNAVAILABLE without touching the network;
+7. the relay, over the back-end's mutual-TLS channel (``BackendPool.channels``). Messages are
    raw bytes both ways, never decoded. gRPC's framing is the same for the four kinds of call,
    so one relay serves them all: requests flow to the back-end as the client sends them,
    responses to the client as the back-end sends them, and the kind of call stays a contract
@@ -91,6 +95,8 @@ def allowed_metadata(backend: BackendConfig) -> frozenset[str]:
     """The client metadata names ``backend`` receives (read per call: a reload may change
     them)."""
     return FORWARDED_METADATA | frozenset(backend.forward_metadata)
+
+
 UNKNOWN = "unknown"  # grpc_type and grpc_method of a method no merged descriptor describes
 SINGLE_RESPONSE = frozenset({CallKind.UNARY, CallKind.CLIENT_STREAM})
 # Subscriptable in the type stubs only.
@@ -230,8 +236,9 @@ class BackendProxy(grpc.GenericRpcHandler):  # type: ignore[type-arg]
         except PermissionDenied:
             metrics.AUTH_FAILURES.labels(surface=SURFACE, reason="scope").inc()
             raise
-        await self._service.rate_limit(identity, SURFACE)
-        return await self._relay(route, identity, requests, context, span)
+        with self._service.hold_inflight(SURFACE):
+            await self._service.rate_limit(identity, SURFACE)
+            return await self._relay(route, identity, requests, context, span)
 
     async def _relay(
         self,

@@ -75,13 +75,10 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
                 admission = await self._service.admit(identity, request.message, SURFACE)
             ack = make_ack(admission.stored, replay=admission.replay is not None)
             yield gateway_pb2.SendResponse(message=ack)
-            upstreams = self._service.upstreams(identity)
-            replies = self._service.replies(upstreams, identity, admission)
-            try:
+            async with self._service.request_upstreams(identity) as upstreams:
+                replies = self._service.replies(upstreams, identity, admission)
                 async for reply in until_expiry(replies, _expiry(self._service, identity)):
                     yield gateway_pb2.SendResponse(message=reply)
-            finally:
-                await upstreams.aclose()
         except DialogError as exc:
             code = exc.grpc_status
             await abort(context, exc)

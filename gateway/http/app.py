@@ -11,7 +11,6 @@ from prometheus_client.exposition import choose_encoder
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
-from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route, WebSocketRoute
@@ -21,13 +20,14 @@ from gateway.errors import DialogError, Internal, InvalidMessage, NotFound, Unau
 from gateway.grpc.descriptors import Catalog
 from gateway.health import HealthMonitor
 from gateway.http.events import event_stream
-from gateway.http.headers import SecurityHeaders
+from gateway.http.headers import Cors, SecurityHeaders
 from gateway.http.messages import post_message
 from gateway.http.responses import error_response, json_response
 from gateway.http.tickets import post_ws_ticket
 from gateway.http.transcoding import Transcoder, TranscodingRoute
 from gateway.openapi import VERSION, openapi_document
 from gateway.service import DialogService
+from gateway.transcode.cors import CorsPolicy
 from gateway.websocket.bridge import websocket_endpoint
 
 log = logging.getLogger(__name__)
@@ -73,7 +73,7 @@ async def prometheus_metrics(request: Request) -> Response:
         if not hmac.compare_digest(given.encode(), f"Bearer {expected}".encode()):
             return error_response(Unauthenticated("metrics need the metrics token"))
     encode, content_type = choose_encoder(request.headers.get("accept", ""))
-    return Response(encode(metrics.REGISTRY), media_type=content_type)
+    return Response(encode(metrics.exposed_registry()), media_type=content_type)
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:
@@ -105,7 +105,28 @@ EXCEPTION_HANDLERS: dict[Any, Any] = {
     DialogError: _dialog_error,
     Exception: _unexpected,
 }
-CORS_HEADERS = ["Authorization", "Content-Type", "Idempotency-Key", "Last-Event-ID"]
+
+
+def cors_policy(service: DialogService) -> CorsPolicy:
+    """The CORS policy now: ``ALLOWED_ORIGINS`` and the back-ends' ``forward_metadata``
+    (both change with a reload)."""
+    forwarded = (n for c in service.pool.configs.values() for n in c.forward_metadata)
+    return CorsPolicy.of(service.allowed_origins, forwarded)
+
+
+def path_methods(
+    routes: list[BaseRoute], transcoder: Transcoder | None
+) -> Callable[[str], tuple[str, ...]]:
+    """The HTTP methods of the routes at a raw path: a route of the gateway's own, or a
+    transcoded one (read from the current table)."""
+    own = {r.path: tuple(sorted(r.methods or ())) for r in routes if isinstance(r, Route)}
+
+    def methods(path: str) -> tuple[str, ...]:
+        if path in own:
+            return own[path]
+        return transcoder.table().methods(path) if transcoder is not None else ()
+
+    return methods
 
 
 def build_app(
@@ -115,7 +136,9 @@ def build_app(
 ) -> Starlette:
     """The public application. ``/metrics`` is here unless ``ADMIN_PORT`` moves it. With
     ``catalog`` (the reflection catalog of the gRPC port), the back-ends' methods are
-    offered over HTTP/JSON after the gateway's own routes (``gateway.http.transcoding``)."""
+    offered over HTTP/JSON after the gateway's own routes (``gateway.http.transcoding``).
+    CORS (``gateway.http.headers.Cors``) follows ``ALLOWED_ORIGINS`` as it is now, and
+    answers preflights with the methods of the path's routes, transcoded ones included."""
     config = service.config
     routes: list[BaseRoute] = [
         Route("/messages", post_message, methods=["POST"]),
@@ -132,17 +155,12 @@ def build_app(
         own = {r.path for r in routes if isinstance(r, Route | WebSocketRoute)} | {"/metrics"}
         transcoder = Transcoder(catalog, reserved=own)
         routes.append(TranscodingRoute(transcoder))  # last: after every route of its own
-    middleware = [Middleware(SecurityHeaders, tls=config.tls)]
-    if service.allowed_origins:
-        middleware.append(
-            Middleware(
-                CORSMiddleware,
-                allow_origins=sorted(service.allowed_origins),
-                allow_methods=["GET", "POST"],
-                allow_headers=CORS_HEADERS,
-                max_age=600,
-            )
-        )
+    middleware = [
+        Middleware(SecurityHeaders, tls=config.tls),
+        Middleware(
+            Cors, policy=lambda: cors_policy(service), methods=path_methods(routes, transcoder)
+        ),
+    ]
     app = _app(routes, middleware, service, monitor)
     app.state.transcoder = transcoder
     return app

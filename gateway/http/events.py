@@ -35,7 +35,7 @@ async def _identity(request: Request, service: DialogService) -> Identity:
     service.check_origin(request.headers.get("origin"))
     ticket = request.query_params.get("ticket")
     if ticket is not None and "authorization" not in request.headers:
-        return service.redeem_ticket(ticket, SURFACE)
+        return await service.redeem_ticket(ticket, SURFACE)
     return await service.authenticate(request.headers.getlist("authorization"), SURFACE)
 
 

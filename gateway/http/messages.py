@@ -98,15 +98,12 @@ async def _collect(
     service: DialogService, identity: Identity, admission: Admission
 ) -> list[Message]:
     """The final reply and the events; deltas are left out of the JSON answer."""
-    upstreams = service.upstreams(identity)
-    try:
+    async with service.request_upstreams(identity) as upstreams:
         return [
             reply
             async for reply in service.replies(upstreams, identity, admission)
             if reply.content.type != DELTA
         ]
-    finally:
-        await upstreams.aclose()
 
 
 async def _stream(
@@ -116,14 +113,12 @@ async def _stream(
     msg = admission.stored
     ack = make_ack(msg, replay=admission.replay is not None)
     yield sse_event(message_to_json(ack), event="ack", event_id=msg.seq)
-    upstreams = service.upstreams(identity)
     try:
-        async for reply in service.replies(upstreams, identity, admission):
-            if is_queued(reply):
-                yield sse_event(message_to_json(reply), event="ack", event_id=reply.seq)
-            else:
-                yield sse_event(message_to_json(reply), event="message", event_id=reply.seq)
+        async with service.request_upstreams(identity) as upstreams:
+            async for reply in service.replies(upstreams, identity, admission):
+                if is_queued(reply):
+                    yield sse_event(message_to_json(reply), event="ack", event_id=reply.seq)
+                else:
+                    yield sse_event(message_to_json(reply), event="message", event_id=reply.seq)
     except DialogError as exc:
         yield sse_event(message_to_json(make_error(exc, msg.id)), event=ERROR)
-    finally:
-        await upstreams.aclose()

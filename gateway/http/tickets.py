@@ -19,7 +19,7 @@ async def post_ws_ticket(request: Request) -> Response:
     try:
         service.check_origin(request.headers.get("origin"))
         identity = await service.authenticate(request.headers.getlist("authorization"), SURFACE)
-        ticket, ttl_s = service.issue_ticket(identity)
+        ticket, ttl_s = await service.issue_ticket(identity)
     except DialogError as exc:
         return error_response(exc)
     return json_response({"ticket": ticket, "expires_in_s": round(ttl_s, 3)})

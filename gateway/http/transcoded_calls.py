@@ -8,29 +8,45 @@ response headers (or has been silent for ``timeout_ms``), then its messages as e
 lines (``gateway.transcode.stream``), until the back-end ends it, the client goes away (the
 back-end call is cancelled), the token expires or the drain closes: an error after the
 status is an in-band error event or line, never a silent end.
+
+Each call holds its ``InflightSlot`` (``MAX_INFLIGHT``) until it ends: a unary call until
+its answer, a stream until its response ends, however it ends (``HeldStream``).
+
+The back-end's response headers and trailers that its metadata allowlist names are passed on
+as ``Grpc-Metadata-*`` and ``Grpc-Trailer-*`` headers (``gateway.transcode.metadata``), on an
+answer and on an error alike; a stream's headers go on its HTTP response, and its trailers,
+which come after the HTTP headers are sent, are not passed on.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from typing import Any
 
 import grpc
 from google.protobuf.message import Message
 from opentelemetry.trace import Span
-from starlette.responses import Response, StreamingResponse
+from starlette.responses import ContentStream, Response, StreamingResponse
+from starlette.types import Receive, Scope, Send
 
 from gateway import spans
 from gateway.auth import Identity
 from gateway.breaker import Outcome
 from gateway.errors import DialogError, Draining, Internal
 from gateway.grpc.expiry import until_expiry
-from gateway.grpc.proxy import BreakerReport, Metadata, call_outcome, outgoing_timeout_s
+from gateway.grpc.proxy import (
+    BreakerReport,
+    Metadata,
+    allowed_metadata,
+    call_outcome,
+    outgoing_timeout_s,
+)
 from gateway.http.responses import json_response
 from gateway.lifecycle import REFUSED, Phase
-from gateway.service import DialogService
+from gateway.service import DialogService, InflightSlot
+from gateway.transcode.metadata import response_metadata
 from gateway.transcode.response import decode_response, error_json, message_json, status_json
 from gateway.transcode.stream import error_frame, heartbeat, message_frame
 from gateway.transcode.table import Endpoint, TranscodingTable
@@ -69,17 +85,36 @@ async def call_unary(
     async def answer() -> AsyncIterator[bytes]:
         yield await call
 
+    allowed = allowed_metadata(pool.configs[name])
     try:
         (raw,) = [raw async for raw in service.drain.bounded(until_expiry(answer(), deadline))]
         breaker.settle(Outcome.SUCCEEDED)
+        passed = _passed(await call.initial_metadata(), await call.trailing_metadata(), allowed)
     except grpc.aio.AioRpcError as exc:
         breaker.settle(call_outcome(exc.code(), client_deadline=False))
-        return _status_response(exc.code(), exc.details(), exc.trailing_metadata(), table)
+        headers, trailers = exc.initial_metadata(), exc.trailing_metadata()
+        response = _status_response(exc.code(), exc.details(), trailers, table)
+        return _with_headers(response, _passed(headers, trailers, allowed))
     finally:
         call.cancel()
         breaker.settle(Outcome.ABANDONED)  # unless settled before
     answered = decode_response(raw, endpoint.response_type)
-    return json_response(message_json(answered, endpoint.response_body, table.pool))
+    response = json_response(message_json(answered, endpoint.response_body, table.pool))
+    return _with_headers(response, passed)
+
+
+def _passed(headers: Any, trailers: Any, allowed: frozenset[str]) -> tuple[tuple[str, str], ...]:
+    """The ``Grpc-Metadata-*`` and ``Grpc-Trailer-*`` headers of a call's metadata."""
+    passed = response_metadata(tuple(headers or ()), tuple(trailers or ()), allowed)
+    if passed.dropped:
+        log.debug("%d metadata entries of a back-end's answer were not passed on", passed.dropped)
+    return passed.headers
+
+
+def _with_headers(response: Response, headers: tuple[tuple[str, str], ...]) -> Response:
+    """``response`` with ``headers`` added (a name may repeat: one header per value)."""
+    response.raw_headers.extend((k.encode("latin-1"), v.encode("latin-1")) for k, v in headers)
+    return response
 
 
 def _status(
@@ -102,6 +137,21 @@ def _status_response(
     return json_response(body, status, headers)
 
 
+class HeldStream(StreamingResponse):
+    """A stream's response that ends its call (``end``: idempotent) however the response
+    ends, even when its body was never read (the client went away before)."""
+
+    def __init__(self, content: ContentStream, end: Callable[[], None], media_type: str) -> None:
+        super().__init__(content, media_type=media_type, headers=STREAM_HEADERS)
+        self._end = end
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self._end()
+
+
 async def call_stream(
     media_type: str,
     service: DialogService,
@@ -111,33 +161,54 @@ async def call_stream(
     metadata: Metadata,
     identity: Identity,
     span: Span,
+    slot: InflightSlot,
 ) -> Response:
     """Open the stream; answer its status once the back-end has sent its headers (or was
-    silent for ``timeout_ms``), then its messages as events or JSON lines."""
+    silent for ``timeout_ms``), then its messages as events or JSON lines. ``slot`` is
+    given back when the stream ends."""
     pool, name = service.pool, endpoint.backend
-    breaker = BreakerReport(pool, name)
+    try:
+        allowed = allowed_metadata(pool.configs[name])
+        breaker = BreakerReport(pool, name)
+    except BaseException:
+        slot.release()
+        raise
     call = pool.channels[name].unary_stream(endpoint.grpc_path, None, None)(
         message.SerializeToString(),
         timeout=outgoing_timeout_s(None, endpoint.kind, pool.configs[name]),
         metadata=metadata,
     )
     headers = asyncio.create_task(call.initial_metadata(), name=f"headers {endpoint.grpc_path}")
+
+    def end() -> None:
+        """End the call and give its place back (once: later calls do nothing)."""
+        headers.cancel()
+        call.cancel()
+        breaker.settle(Outcome.ABANDONED)  # unless settled before
+        slot.release()
+
     try:
         await asyncio.wait({headers}, timeout=pool.configs[name].timeout_ms / 1000)
         if call.done() and (code := await call.code()) is not grpc.StatusCode.OK:
             breaker.settle(call_outcome(code, client_deadline=False))
-            return _status_response(
-                code, await call.details(), await call.trailing_metadata(), table
-            )
+            trailers = await call.trailing_metadata()
+            response = _status_response(code, await call.details(), trailers, table)
+            end()
+            return _with_headers(response, _passed(_headers_of(headers), trailers, allowed))
     except BaseException:
-        headers.cancel()
-        call.cancel()
-        breaker.settle(Outcome.ABANDONED)
+        end()
         raise
-    frames = _frames(service, table, endpoint, call, headers, breaker, identity, media_type)
-    return StreamingResponse(
-        spans.ending(span, frames), media_type=media_type, headers=STREAM_HEADERS
-    )
+    frames = _frames(service, table, endpoint, call, headers, breaker, identity, media_type, end)
+    response = HeldStream(spans.ending(span, frames), end, media_type)
+    # A stream's trailers come after its HTTP headers: only its headers are passed on.
+    return _with_headers(response, _passed(_headers_of(headers), (), allowed))
+
+
+def _headers_of(headers: asyncio.Task[Any]) -> Any:
+    """The back-end's response headers, when they have come."""
+    if headers.done() and not headers.cancelled() and headers.exception() is None:
+        return headers.result()
+    return ()
 
 
 async def _frames(
@@ -149,6 +220,7 @@ async def _frames(
     breaker: BreakerReport,
     identity: Identity,
     media_type: str,
+    end: Callable[[], None],
 ) -> AsyncGenerator[bytes, None]:
     """The stream's messages, then its error, if it ends with one, in-band."""
     try:
@@ -186,9 +258,7 @@ async def _frames(
         log.exception("the stream of %s failed", endpoint.grpc_path)
         yield error_frame(error_json(Internal()), media_type)
     finally:
-        headers.cancel()
-        call.cancel()
-        breaker.settle(Outcome.ABANDONED)  # unless settled before
+        end()
 
 
 async def _reads(call: Any) -> AsyncIterator[bytes]:

@@ -9,7 +9,9 @@ resolved only after authentication, like a gRPC call.
 
 Each call, in order, as on the gRPC port (``gateway.grpc.proxy``): the drain; the token;
 the route; the back-end's scopes; the per-user rate limit (one call, one message); the
-request message, built from the path, the query and the JSON body; then the call itself
+request message, built from the path, the query and the JSON body; a place among the
+process's work in flight (``MAX_INFLIGHT``, shared with dialog messages and the gRPC port's
+relayed calls: 503 ``server_busy`` with ``Retry-After`` when it is full); then the call itself
 (``gateway.http.transcoded_calls``), with the proxy's metadata rules
 (``outgoing_metadata``: ``x-dialog-user``, the allowed headers, and this request's span as
 ``traceparent``). A server stream answers ``text/event-stream`` when ``Accept`` asks for it,
@@ -187,11 +189,15 @@ async def _admitted(
     await service.rate_limit(identity, SURFACE)
     message = await _request_message(request, service, table, found)
     metadata = _metadata(request, backend, identity, span)
+    # Taken once the body is in (a slow upload holds no place), given back when the call
+    # ends: a stream's when its last frame is sent.
+    slot = service.hold_inflight(SURFACE)
     if endpoint.streaming:
         media_type = stream_type(request.headers.get("accept", ""))
-        args = (service, table, endpoint, message, metadata, identity, span)
+        args = (service, table, endpoint, message, metadata, identity, span, slot)
         return await call_stream(media_type, *args)
-    return await call_unary(service, table, endpoint, message, metadata, identity)
+    with slot:
+        return await call_unary(service, table, endpoint, message, metadata, identity)
 
 
 async def _request_message(

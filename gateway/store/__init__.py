@@ -1,6 +1,6 @@
 """The storage layer behind "nothing lost": dedup keys, entity seq, per-user event
-logs, in-flight messages, the durable inbound queue, rate-limit windows and
-connection counts.
+logs, in-flight messages, the durable inbound queue, rate-limit windows,
+connection counts and single-use tickets.
 
 Two implementations keep one contract (``Store``): ``SQLiteStore``
 (``gateway.store.sqlite``, the embedded default, one node) and ``RedisStore``
@@ -23,6 +23,8 @@ from collections.abc import AsyncIterator
 from typing import Protocol
 
 from gateway.store.records import (
+    Admitted,
+    Completion,
     DeadLetter,
     DedupResult,
     DedupStatus,
@@ -30,10 +32,13 @@ from gateway.store.records import (
     EntityVerdict,
     Event,
     EventsPage,
+    Intake,
     QueuedMessage,
 )
 
 __all__ = [
+    "Admitted",
+    "Completion",
     "DeadLetter",
     "DedupResult",
     "DedupStatus",
@@ -41,6 +46,7 @@ __all__ = [
     "EntityVerdict",
     "Event",
     "EventsPage",
+    "Intake",
     "QueuedMessage",
     "Store",
 ]
@@ -87,11 +93,34 @@ class Store(Protocol):
         ``seq - 1``, but only while last is still ``seq`` (True when it did)."""
         ...
 
+    # -- a client message on its way in ----------------------------------------------
+    async def admit(self, intake: Intake) -> Admitted:
+        """Take a client message in: hold its key (``remember``), apply its entity seq
+        (``apply_entity_seq``), append it to its user's log (``append_event``) and keep it
+        in flight (``track_inflight``, body ``intake.work(seq)``), each step only when
+        the one before allows it. A key that is not NEW stops there; so does an entity
+        seq that is not APPLY, and a GAP also drops the key it held. When a step fails,
+        the key and the entity seq are given back. One atomic step where the store can
+        (SQLite: one transaction, one commit, so a failed step leaves nothing at all),
+        else its steps in order (``gateway.store.in_steps``: an event already appended
+        stays in the log)."""
+        ...
+
+    async def complete(self, completion: Completion) -> int:
+        """Append a message's final reply to its user's log and return its seq; with it,
+        record the outcome of the message's key (``record_outcome``, if any) and settle
+        its in-flight record (``settle_inflight``, if any). One atomic step where the
+        store can (SQLite: one commit), else in that order."""
+        ...
+
     # -- per-user event log ----------------------------------------------------------
-    async def append_event(self, user: str, message: bytes) -> int:
+    async def append_event(self, user: str, message: bytes, *, durable: bool = True) -> int:
         """Keep ``message`` in ``user``'s log and return its seq: 1 for the first,
         then strictly increasing with no gap, also under concurrent appenders on
-        any replica, and never reused after trimming."""
+        any replica, and never reused after trimming. Not ``durable`` (a delta of a
+        streamed reply): the store may answer before the write is on disk; it is
+        there with the next durable write. A power loss can then drop the last such
+        events, and their seqs are given again."""
         ...
 
     async def events_after(self, user: str, after_seq: int, limit: int) -> EventsPage:
@@ -212,6 +241,18 @@ class Store(Protocol):
     async def conn_count(self, user: str) -> int:
         """Connections of ``user`` open now. Counts of a process that died without
         closing them do not outlive it (see each store for how)."""
+        ...
+
+    # -- single-use tickets (gateway.tickets) ------------------------------------------
+    async def ticket_put(self, ticket: str, identity: bytes, ttl_s: float) -> bool:
+        """Keep ``identity`` (``gateway.auth.encode_identity``) under ``ticket`` for
+        ``ttl_s`` seconds from now; False, keeping nothing, when ``ticket`` is outstanding
+        already or the store holds as many tickets as it allows. ``ttl_s`` must be > 0."""
+        ...
+
+    async def ticket_take(self, ticket: str) -> bytes | None:
+        """What ``ticket`` stands for, removed in the same atomic step: of concurrent
+        takers on any replica one gets it; None for an unknown, taken or expired ticket."""
         ...
 
     # -- lifecycle -------------------------------------------------------------------

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+from collections.abc import Callable
 from dataclasses import dataclass
 
 
@@ -45,6 +46,62 @@ class EntityDecision:
 
     verdict: EntityVerdict
     expected: int
+
+
+@dataclass(frozen=True)
+class Intake:
+    """A client message on its way in (``Store.admit``).
+
+    ``event`` is the message as its user's log keeps it; ``work(seq)`` is the body of
+    its in-flight record once the log gave it ``seq``. ``key`` (with ``body_hash``,
+    held for ``hold_s``) is its idempotency key, "" for none; ``entity`` (with
+    ``entity_seq``) its entity's store key, "" when it is not ordered.
+    """
+
+    user: str
+    event: bytes
+    message_id: str
+    backend: str
+    work: Callable[[int], bytes]
+    lease_s: float
+    key: str = ""
+    body_hash: str = ""
+    hold_s: float = 0.0
+    entity: str = ""
+    entity_seq: int = 0
+
+
+@dataclass(frozen=True)
+class Admitted:
+    """The answer of ``Store.admit``: the key's and the entity's decisions (None when the
+    intake had none); ``seq`` and ``inflight`` are set only when the message was taken
+    in (appended to its log and kept in flight), else they are 0 and ""."""
+
+    dedup: DedupResult | None = None
+    entity: EntityDecision | None = None
+    seq: int = 0
+    inflight: str = ""
+
+    @property
+    def taken(self) -> bool:
+        return self.seq > 0
+
+
+@dataclass(frozen=True)
+class Completion:
+    """A message's final reply on its way out (``Store.complete``).
+
+    ``event`` is the reply as its user's log keeps it; ``outcome(seq)`` is what repeats of
+    the message's ``key`` get (kept ``ttl_s``) once the log gave the reply ``seq``;
+    ``inflight`` is the message's in-flight record, settled now ("" for none).
+    """
+
+    user: str
+    event: bytes
+    key: str = ""
+    outcome: Callable[[int], bytes] | None = None
+    ttl_s: float = 0.0
+    inflight: str = ""
 
 
 @dataclass(frozen=True)

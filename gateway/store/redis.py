@@ -12,7 +12,8 @@ user, entity or back-end name can collide with another family:
   delivering it; ``dead`` the dead-letter stream; ``inflight:<id>`` hash of a message
   being delivered directly, ``inflight`` their sorted set by lease end;
 - ``rate:<key>`` sorted set of event times; ``conn:<user>`` hash {replica: count},
-  ``replicas`` hash {replica: alive until}.
+  ``replicas`` hash {replica: alive until};
+- ``ticket:<ticket>`` "<expires_at> <identity>", set with NX and a TTL, taken with GETDEL.
 
 Atomicity: every check-and-set is one Lua script (``redis_scripts``), or a MULTI.
 Durability: a write is acknowledged once Redis applied it; it survives a Redis crash
@@ -41,7 +42,10 @@ from redis.maint_notifications import MaintNotificationsConfig
 from gateway.errors import StoreUnavailable
 from gateway.store import redis_scripts as lua
 from gateway.store import rules
+from gateway.store.in_steps import admit_in_steps, complete_in_steps
 from gateway.store.records import (
+    Admitted,
+    Completion,
     DeadLetter,
     DedupResult,
     DedupStatus,
@@ -49,6 +53,7 @@ from gateway.store.records import (
     EntityVerdict,
     Event,
     EventsPage,
+    Intake,
     QueuedMessage,
 )
 from gateway.store.redis_replicas import ReplicaConnections
@@ -233,9 +238,18 @@ class RedisStore:
         keys = [self._key("entity", entity)]
         return bool(await self._script("RELEASE_ENTITY_SEQ", keys, [seq]))
 
+    # -- a client message on its way in ----------------------------------------------
+    async def admit(self, intake: Intake) -> Admitted:
+        # Step by step: the in-flight body needs the seq the log gives.
+        return await admit_in_steps(self, intake)
+
+    async def complete(self, completion: Completion) -> int:
+        return await complete_in_steps(self, completion)
+
     # -- per-user event log ----------------------------------------------------------
     @_converted
-    async def append_event(self, user: str, message: bytes) -> int:
+    async def append_event(self, user: str, message: bytes, *, durable: bool = True) -> int:
+        # Every write is as durable as Redis's own persistence makes it (``durable`` too).
         keys = [self._key("events", user), self._key("evseq", user), self._key("notices")]
         args = [message, lua.number(self._clock()), self.connections.replica_id, user]
         return int(await self._script("APPEND_EVENT", keys, args))
@@ -494,6 +508,27 @@ class RedisStore:
     @_converted
     async def conn_count(self, user: str) -> int:
         return await self.connections.count(user)
+
+    # -- single-use tickets ----------------------------------------------------------
+    @_converted
+    async def ticket_put(self, ticket: str, identity: bytes, ttl_s: float) -> bool:
+        rules.require(ttl_s > 0, "ttl_s must be positive")
+        # The expiry inside the value follows the store's clock; the key's own TTL
+        # (a little longer) only makes Redis forget it.
+        value = lua.number(self._clock() + ttl_s).encode() + b" " + identity
+        stored = await self._redis.set(
+            self._key("ticket", ticket), value, nx=True, px=rules.ttl_ms(ttl_s) + 1000
+        )
+        return bool(stored)
+
+    @_converted
+    async def ticket_take(self, ticket: str) -> bytes | None:
+        value = await self._redis.getdel(self._key("ticket", ticket))
+        if value is None:
+            return None
+        raw = value if isinstance(value, bytes) else str(value).encode()
+        expires_at, _, identity = raw.partition(b" ")
+        return identity if float(expires_at) > self._clock() else None
 
     # -- lifecycle -------------------------------------------------------------------
 

@@ -5,10 +5,11 @@ so the event loop never waits on SQLite or on an fsync. Durability: WAL with
 ``synchronous=FULL``, so a call returns only after its commit reached the disk.
 Calls that wait together share one transaction and one fsync (group commit).
 
-Rate-limit windows and connection counts are not written to the file: on one
-node they are the process's own state. Kept in memory, connection counts die
+Rate-limit windows, connection counts and tickets are not written to the file: on
+one node they are the process's own state. Kept in memory, connection counts die
 with the process (a crash leaks none), and a rate check never queues behind an
-fsync. The windows reuse ``gateway.ratelimit.SlidingWindow``.
+fsync. The windows reuse ``gateway.ratelimit.SlidingWindow``, the tickets
+``gateway.tickets.TicketBook`` (at most ``MAX_TICKETS`` outstanding).
 """
 
 from __future__ import annotations
@@ -24,13 +25,17 @@ from gateway.errors import StoreUnavailable
 from gateway.ratelimit import SlidingWindow
 from gateway.store import rules
 from gateway.store.records import (
+    Admitted,
+    Completion,
     DeadLetter,
     DedupResult,
     EntityDecision,
     EventsPage,
+    Intake,
     QueuedMessage,
 )
-from gateway.store.sqlite_db import Database, GroupCommit
+from gateway.store.sqlite_db import SYNC_PRAGMA, Database, GroupCommit
+from gateway.tickets import TicketBook
 
 T = TypeVar("T")
 
@@ -46,6 +51,7 @@ class SQLiteStore:
         self._clock = clock
         self._windows: dict[tuple[int, float], SlidingWindow] = {}
         self._conns: dict[str, int] = {}
+        self._tickets = TicketBook()
 
     @classmethod
     async def open(
@@ -54,22 +60,25 @@ class SQLiteStore:
         *,
         clock: Callable[[], float] = time.time,
         max_attempts: int = DEFAULT_MAX_ATTEMPTS,
+        sync: str = "full",
     ) -> SQLiteStore:
         """Open (or create) the database at ``path``, e.g. ``DATA_DIR / DB_NAME``."""
         rules.require(max_attempts >= 1, "max_attempts must be at least 1")
+        rules.require(sync in SYNC_PRAGMA, f"sync must be one of {sorted(SYNC_PRAGMA)}")
         try:
-            db = await asyncio.to_thread(Database, path, max_attempts)
+            db = await asyncio.to_thread(Database, path, max_attempts, sync)
         except (sqlite3.Error, OSError) as exc:
             raise StoreUnavailable(f"cannot open the message store {path}") from exc
         return cls(db, clock)
 
-    async def _run(self, call: Callable[[Database], T]) -> T:
-        """Run ``call`` on the store's thread; SQLite errors become ``StoreUnavailable``."""
+    async def _run(self, call: Callable[[Database], T], durable: bool = True) -> T:
+        """Run ``call`` on the store's thread (``durable``: see ``GroupCommit``); SQLite
+        errors become ``StoreUnavailable``."""
         commits = self._commits
         if commits is None:
             raise StoreUnavailable("the message store is closed")
         try:
-            return await asyncio.wrap_future(commits.submit(call))
+            return await commits.submit_async(call, durable)
         except sqlite3.Error as exc:
             raise StoreUnavailable("the message store failed") from exc
 
@@ -99,11 +108,24 @@ class SQLiteStore:
         rules.require(seq >= 1, "seq must be at least 1")
         return await self._run(lambda db: db.release_entity_seq(entity, seq))
 
+    # -- a client message on its way in ----------------------------------------------
+    async def admit(self, intake: Intake) -> Admitted:
+        rules.require(intake.lease_s > 0, "lease_s must be positive")
+        rules.require(not intake.key or intake.hold_s > 0, "hold_s must be positive")
+        rules.require(not intake.entity or intake.entity_seq >= 1, "seq must be at least 1")
+        now_s = self._clock()
+        return await self._run(lambda db: db.admit(intake, now_s))
+
+    async def complete(self, completion: Completion) -> int:
+        rules.require(not completion.key or completion.ttl_s > 0, "ttl_s must be positive")
+        now_s = self._clock()
+        return await self._run(lambda db: db.complete(completion, now_s))
+
     # -- per-user event log ----------------------------------------------------------
 
-    async def append_event(self, user: str, message: bytes) -> int:
+    async def append_event(self, user: str, message: bytes, *, durable: bool = True) -> int:
         now_s = self._clock()
-        return await self._run(lambda db: db.append_event(user, message, now_s))
+        return await self._run(lambda db: db.append_event(user, message, now_s), durable)
 
     async def events_after(self, user: str, after_seq: int, limit: int) -> EventsPage:
         rules.require(after_seq >= 0 and limit >= 1, "after_seq >= 0 and limit >= 1")
@@ -201,6 +223,15 @@ class SQLiteStore:
 
     async def conn_count(self, user: str) -> int:
         return self._conns.get(user, 0)
+
+    # -- single-use tickets (process memory, see the module docstring) -----------------
+    async def ticket_put(self, ticket: str, identity: bytes, ttl_s: float) -> bool:
+        rules.require(ttl_s > 0, "ttl_s must be positive")
+        now_s = self._clock()
+        return self._tickets.put(ticket, identity, now_s + ttl_s, now_s)
+
+    async def ticket_take(self, ticket: str) -> bytes | None:
+        return self._tickets.take(ticket, self._clock())
 
     # -- lifecycle -------------------------------------------------------------------
     async def ping(self) -> bool:

@@ -1,13 +1,22 @@
 """The synchronous half of the SQLite store: one connection, used from one thread.
 
-WAL journal with ``synchronous=FULL``: every commit fsyncs the WAL, so what a
-call committed survives a crash or power loss. Read-modify-write decisions run
-in ``BEGIN IMMEDIATE`` transactions, which take SQLite's single write lock
-first, so they are atomic also against other connections to the same file.
+WAL journal. With ``sync="full"`` (``STORE_SYNC``, the default) every commit fsyncs
+the WAL, so what a call committed survives a crash or power loss. With ``"normal"``
+a commit reaches the operating system but is fsynced only at checkpoints: it
+survives the gateway's crash (``kill -9``), and the last commits can be lost if
+the machine itself goes down; a commit then costs about a tenth of the time.
+A batch of calls none of which asks for durability (deltas of a streamed reply) is
+committed like with ``"normal"``: the WAL is written in order, so the next fsynced
+commit covers it.
+Read-modify-write decisions run in ``BEGIN IMMEDIATE`` transactions, which take
+SQLite's single write lock first, so they are atomic also against other
+connections to the same file.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import queue
 import sqlite3
 import threading
@@ -19,6 +28,8 @@ from typing import Any, TypeVar
 
 from gateway.store import rules
 from gateway.store.records import (
+    Admitted,
+    Completion,
     DeadLetter,
     DedupResult,
     DedupStatus,
@@ -26,6 +37,7 @@ from gateway.store.records import (
     EntityVerdict,
     Event,
     EventsPage,
+    Intake,
     QueuedMessage,
 )
 
@@ -34,6 +46,8 @@ BUSY_TIMEOUT_MS = 10_000
 MAX_BATCH = 128
 T = TypeVar("T")
 DEDUP_PURGE_INTERVAL_S = 60.0
+# STORE_SYNC: when a commit is fsynced (see the module docstring).
+SYNC_PRAGMA = {"full": "FULL", "normal": "NORMAL"}
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS dedup (
@@ -111,7 +125,8 @@ def _row_id(entry_id: str) -> int | None:
 class Database:
     """The store's tables. Times are arguments; the async front reads the clock."""
 
-    def __init__(self, path: Path, max_attempts: int) -> None:
+    def __init__(self, path: Path, max_attempts: int, sync: str = "full") -> None:
+        self._fsync_each = sync == "full"
         path.parent.mkdir(parents=True, exist_ok=True)
         # Autocommit mode: transactions are explicit (BEGIN IMMEDIATE), never implicit.
         # Opened on one thread, used on the store's own (GroupCommit): one at a time.
@@ -122,7 +137,7 @@ class Database:
         self._next_purge_s = 0.0
         try:
             self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=FULL")
+            self._db.execute(f"PRAGMA synchronous={SYNC_PRAGMA[sync]}")
             version = int(self._db.execute("PRAGMA user_version").fetchone()[0])
             if version > SCHEMA_VERSION:
                 raise sqlite3.DatabaseError(f"{path}: schema {version} is newer than this gateway")
@@ -138,12 +153,25 @@ class Database:
     def close(self) -> None:
         self._db.close()
 
-    def run_batch(self, calls: Sequence[Callable[[Database], Any]]) -> list[tuple[bool, Any]]:
-        """Run ``calls`` in one write transaction, so they share one commit (one fsync).
+    def run_batch(
+        self, calls: Sequence[Callable[[Database], Any]], durable: bool = True
+    ) -> list[tuple[bool, Any]]:
+        """Run ``calls`` in one write transaction, so they share one commit (one fsync;
+        none when not ``durable``: see the module docstring).
 
         Returns (True, value) or (False, exception) per call. Each call is a savepoint: one
         that raises is undone alone. When the commit fails, every call gets that error.
         """
+        if durable or not self._fsync_each:
+            return self._run_batch(calls)
+        # The safety level cannot change inside a transaction: around it, then.
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        try:
+            return self._run_batch(calls)
+        finally:
+            self._db.execute("PRAGMA synchronous=FULL")
+
+    def _run_batch(self, calls: Sequence[Callable[[Database], Any]]) -> list[tuple[bool, Any]]:
         results: list[tuple[bool, Any]] = []
         try:
             self._db.execute("BEGIN IMMEDIATE")
@@ -215,6 +243,39 @@ class Database:
                 (seq - 1, entity, seq),
             )
             return cursor.rowcount == 1
+
+    # -- a client message on its way in ----------------------------------------------
+    def admit(self, intake: Intake, now_s: float) -> Admitted:
+        """``Store.admit`` in one transaction: a step that raises undoes them all."""
+        with _immediate(self._db):
+            dedup = None
+            if intake.key:
+                dedup = self.remember(intake.key, intake.body_hash, intake.hold_s, now_s)
+                if dedup.status is not DedupStatus.NEW:
+                    return Admitted(dedup)
+            decision = None
+            if intake.entity:
+                decision = self.apply_entity_seq(intake.entity, intake.entity_seq)
+                if decision.verdict is EntityVerdict.GAP and intake.key:
+                    self.forget(intake.key)
+                if decision.verdict is not EntityVerdict.APPLY:
+                    return Admitted(dedup, decision)
+            seq = self.append_event(intake.user, intake.event, now_s)
+            body = intake.work(seq)
+            until_s = now_s + intake.lease_s
+            inflight = self.track_inflight(intake.message_id, intake.backend, body, until_s)
+            return Admitted(dedup, decision, seq, inflight)
+
+    def complete(self, completion: Completion, now_s: float) -> int:
+        """``Store.complete`` in one transaction."""
+        with _immediate(self._db):
+            seq = self.append_event(completion.user, completion.event, now_s)
+            if completion.key and completion.outcome is not None:
+                outcome = completion.outcome(seq)
+                self.record_outcome(completion.key, outcome, now_s + completion.ttl_s)
+            if completion.inflight:
+                self.settle_inflight(completion.inflight, False, now_s)
+            return seq
 
     # -- per-user event log ----------------------------------------------------------
     def append_event(self, user: str, body: bytes, now_s: float) -> int:
@@ -428,23 +489,58 @@ class Database:
         return bool(self._db.execute("SELECT 1").fetchone() == (1,))
 
 
+# Who waits for a call's result: a thread (``concurrent.futures.Future``), or a task of
+# an event loop (``asyncio.Future``).
+Waiter = Future[Any] | asyncio.Future[Any]
+# A call of a batch: what to run, who waits for it, and whether its commit is fsynced.
+_Call = tuple[Callable[[Database], Any], Waiter, bool]
+
+
+def _complete(results: list[tuple[asyncio.Future[Any], bool, Any]]) -> None:
+    """Complete the asyncio futures of one batch, on their event loop."""
+    for future, ok, value in results:
+        if future.done():  # cancelled while its call ran
+            continue
+        if ok:
+            future.set_result(value)
+        else:
+            future.set_exception(value)
+
+
+def _started(waiter: Waiter) -> bool:
+    """False when the caller gave up before the call started: it is skipped. Once it has
+    started it runs to its commit, whether the caller still waits or not."""
+    if isinstance(waiter, Future):
+        return waiter.set_running_or_notify_cancel()
+    return not waiter.cancelled()
+
+
 class GroupCommit:
     """The store's one thread: it takes every call waiting at once and runs them as one
     batch (``Database.run_batch``), so that concurrent writers share an fsync. A call's
-    future completes only after its batch committed."""
+    future completes only after its batch committed; the results of a batch reach an
+    event loop in one wake-up (``submit_async``)."""
 
     def __init__(self, db: Database, max_batch: int = MAX_BATCH) -> None:
         self._db = db
         self._max_batch = max_batch
-        self._calls: queue.SimpleQueue[tuple[Callable[[Database], Any], Future[Any]] | None] = (
-            queue.SimpleQueue()
-        )
+        self._calls: queue.SimpleQueue[_Call | None] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._serve, name="sqlite-store", daemon=True)
         self._thread.start()
 
-    def submit(self, call: Callable[[Database], T]) -> Future[T]:
+    def submit(self, call: Callable[[Database], T], durable: bool = True) -> Future[T]:
+        """Run ``call`` in the next batch; a batch is fsynced when one of its calls is
+        ``durable``."""
         future: Future[T] = Future()
-        self._calls.put((call, future))
+        self._calls.put((call, future, durable))
+        return future
+
+    def submit_async(
+        self, call: Callable[[Database], T], durable: bool = True
+    ) -> asyncio.Future[T]:
+        """Like ``submit``, for a caller on the running event loop."""
+        future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+        self._calls.put((call, future, durable))
         return future
 
     def close(self) -> None:
@@ -456,23 +552,31 @@ class GroupCommit:
     def _serve(self) -> None:
         closing = False
         while not closing:
-            batch: list[tuple[Callable[[Database], Any], Future[Any]]] = []
+            batch: list[_Call] = []
             item = self._calls.get()
             while item is not None:
-                # A call whose caller gave up before it started is skipped; once started,
-                # its future can no longer be cancelled.
-                if item[1].set_running_or_notify_cancel():
+                if _started(item[1]):
                     batch.append(item)
                 if len(batch) == self._max_batch or self._calls.empty():
                     break
                 item = self._calls.get()
             closing = item is None
-            if not batch:
-                continue
-            for (_, future), (ok, value) in zip(
-                batch, self._db.run_batch([call for call, _ in batch]), strict=True
-            ):
+            if batch:
+                calls = [call for call, _, _ in batch]
+                durable = any(durable for _, _, durable in batch)
+                self._finish(batch, self._db.run_batch(calls, durable))
+
+    @staticmethod
+    def _finish(batch: list[_Call], results: list[tuple[bool, Any]]) -> None:
+        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[Any], bool, Any]]] = {}
+        for (_, waiter, _), (ok, value) in zip(batch, results, strict=True):
+            if isinstance(waiter, Future):
                 if ok:
-                    future.set_result(value)
+                    waiter.set_result(value)
                 else:
-                    future.set_exception(value)
+                    waiter.set_exception(value)
+            else:
+                by_loop.setdefault(waiter.get_loop(), []).append((waiter, ok, value))
+        for loop, done in by_loop.items():
+            with contextlib.suppress(RuntimeError):  # its loop was closed: nobody waits
+                loop.call_soon_threadsafe(_complete, done)

@@ -10,7 +10,9 @@ nothing is generated or rebuilt when a back-end changes.
 - ``request``: an HTTP request (path bindings, query, JSON body) → the request message;
 - ``response``: a response message → JSON, and a gRPC status → the JSON error;
 - ``table``: every route of a ``Catalog``, compiled, and the match of one request;
-- ``openapi``: the OpenAPI paths and schemas of those routes.
+- ``openapi``: the OpenAPI paths and schemas of those routes;
+- ``metadata``: a back-end's response metadata → ``Grpc-Metadata-*``/``Grpc-Trailer-*`` headers;
+- ``cors``: the CORS answers of the HTTPS port, from the methods each path has.
 
 ``gateway.http.transcoding`` is the shell that feeds it and calls the back-ends.
 """

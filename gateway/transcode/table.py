@@ -121,6 +121,21 @@ class TranscodingTable:
             return RpcPath(path)
         return WrongMethod(tuple(sorted(allowed))) if allowed else None
 
+    def methods(self, path: str) -> tuple[str, ...]:
+        """Every HTTP method of the routes at the raw ``path`` (``ANY_METHOD`` for a rule
+        that leaves it open), for a CORS preflight. A path of the RPC shape has ``POST``
+        whether a method is there or not, so that which services exist stays private."""
+        if path in self.reserved:
+            return ()
+        found = {
+            e.http_method
+            for e in self.routes
+            if e.template is not None and e.template.match(path) is not None
+        }
+        if RPC_PATH.fullmatch(path) or path in self.rpcs or path in self.refused:
+            found.add(RPC_METHOD)
+        return tuple(sorted(found))
+
     def rpc(self, http_method: str, path: str) -> Matched | WrongMethod:
         """The method at the RPC path ``path``; raises ``NotFound`` when there is none,
         ``NoRoute`` when it is not offered over HTTP."""

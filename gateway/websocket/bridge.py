@@ -135,7 +135,7 @@ async def _handshake_identity(ws: WebSocket, service: DialogService) -> Identity
         return await service.authenticate(headers, SURFACE)
     ticket = ws.query_params.get("ticket")
     if ticket is not None:
-        return service.redeem_ticket(ticket, SURFACE)
+        return await service.redeem_ticket(ticket, SURFACE)
     return None
 
 

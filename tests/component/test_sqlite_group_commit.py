@@ -1,10 +1,12 @@
 """Group commit in the SQLite store: calls waiting together share one transaction,
-one failing call is undone alone, and a result is given only after its commit."""
+one failing call is undone alone, and a result is given only after its commit;
+``STORE_SYNC`` picks when a commit is fsynced."""
 
 from __future__ import annotations
 
 import asyncio
 import sqlite3
+import threading
 from pathlib import Path
 
 import pytest
@@ -57,9 +59,9 @@ def test_concurrent_calls_are_batched(tmp_path: Path) -> None:
     batches: list[int] = []
     run_batch = db.run_batch
 
-    def counting(calls):  # type: ignore[no-untyped-def]
+    def counting(calls, durable=True):  # type: ignore[no-untyped-def]
         batches.append(len(calls))
-        return run_batch(calls)
+        return run_batch(calls, durable)
 
     db.run_batch = counting  # type: ignore[method-assign]
     commits = GroupCommit(db)
@@ -97,3 +99,69 @@ async def test_the_store_answers_after_close_with_store_unavailable(tmp_path: Pa
     await store.close()
     with pytest.raises(StoreUnavailable):
         await store.append_event("bob", b"x")
+
+
+@pytest.mark.parametrize(("sync", "pragma"), [("full", "2"), ("normal", "1")])
+def test_the_sync_mode_sets_when_a_commit_is_fsynced(
+    tmp_path: Path, sync: str, pragma: str
+) -> None:
+    db = Database(tmp_path / DB_NAME, max_attempts=3, sync=sync)
+    try:
+        assert db.pragma("synchronous") == pragma
+        assert db.pragma("journal_mode") == "wal"
+    finally:
+        db.close()
+
+
+async def test_an_unknown_sync_mode_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="sync must be one of"):
+        await SQLiteStore.open(tmp_path / DB_NAME, sync="sometimes")
+
+
+def test_a_batch_that_asks_for_no_durability_is_not_fsynced_on_its_own(tmp_path: Path) -> None:
+    db = Database(tmp_path / DB_NAME, max_attempts=3, sync="full")
+    seen: list[str] = []
+
+    def append(d: Database) -> int:
+        seen.append(d.pragma("synchronous"))
+        return d.append_event("alice", b"delta", 1.0)
+
+    try:
+        assert [ok for ok, _ in db.run_batch([append], durable=False)] == [True]
+        assert [ok for ok, _ in db.run_batch([append])] == [True]
+        assert seen == ["1", "2"]  # NORMAL for that commit alone, then FULL again
+        assert db.pragma("synchronous") == "2"
+    finally:
+        db.close()
+
+
+def test_a_batch_is_durable_when_one_of_its_calls_is(tmp_path: Path) -> None:
+    db = Database(tmp_path / DB_NAME, max_attempts=3, sync="full")
+    batches: list[tuple[int, bool]] = []
+    run_batch = db.run_batch
+
+    def recording(calls, durable=True):  # type: ignore[no-untyped-def]
+        batches.append((len(calls), durable))
+        return run_batch(calls, durable)
+
+    db.run_batch = recording  # type: ignore[method-assign]
+    commits = GroupCommit(db)
+    started, release = threading.Event(), threading.Event()
+
+    def block(d: Database) -> bool:
+        started.set()
+        return release.wait(10)
+
+    blocker = commits.submit(block, durable=False)
+    assert started.wait(10)
+    # Queued while the store's thread is busy: the next batch takes both.
+    delta = commits.submit(lambda d: d.append_event("alice", b"delta", 1.0), durable=False)
+    final = commits.submit(lambda d: d.append_event("alice", b"final", 1.0))
+    release.set()
+    assert (blocker.result(timeout=10), delta.result(timeout=10), final.result(timeout=10)) == (
+        True,
+        1,
+        2,
+    )
+    commits.close()
+    assert batches == [(1, False), (2, True)]

@@ -19,7 +19,14 @@ from typing import Any, TypeVar
 import pytest
 from redis.asyncio import Redis
 
-from gateway.store import DedupStatus, EntityVerdict, Store
+from gateway.store import (
+    Completion,
+    DedupStatus,
+    EntityDecision,
+    EntityVerdict,
+    Intake,
+    Store,
+)
 from gateway.store.redis import RedisStore
 from gateway.store.rules import NOT_ACKNOWLEDGED
 from gateway.store.sqlite import DB_NAME, SQLiteStore
@@ -172,6 +179,107 @@ async def test_remember_new_replay_conflict(h: Harness) -> None:
     assert (await s.remember("m2", "hash-a", 60)).status is DedupStatus.NEW
 
 
+def intake(msg_id: str, **fields: Any) -> Intake:
+    return Intake(
+        **{
+            "user": "alice",
+            "event": b"event:" + msg_id.encode(),
+            "message_id": msg_id,
+            "backend": "chat",
+            "work": lambda seq: b"work:%d" % seq,
+            "lease_s": LEASE_S,
+            **fields,
+        }
+    )
+
+
+async def test_admit_takes_a_message_in_holding_its_key(h: Harness) -> None:
+    s = h.store
+    await s.append_event("alice", b"earlier")
+    taken = await s.admit(intake("m1", key="k1", body_hash="h", hold_s=60))
+    assert taken.taken and taken.seq == 2 and taken.inflight
+    assert taken.dedup is not None and taken.dedup.status is DedupStatus.NEW
+    assert taken.entity is None
+    page = await s.events_after("alice", 1, 10)
+    assert [(e.seq, e.body) for e in page.events] == [(2, b"event:m1")]
+    # The in-flight record's body was made with the seq the log gave.
+    h.clock.advance(LEASE_S + 1)
+    assert await s.requeue_stale_inflight(10) == 1
+    assert [m.body for m in await s.claim("chat", "c1", 10, 30)] == [b"work:2"]
+    # Its key is held: a repeat is a replay (pending), another body a conflict.
+    repeat = await s.admit(intake("m1", key="k1", body_hash="h", hold_s=60))
+    assert not repeat.taken and repeat.dedup is not None and repeat.dedup.pending
+    other = await s.admit(intake("m1", key="k1", body_hash="x", hold_s=60))
+    assert other.dedup is not None and other.dedup.status is DedupStatus.CONFLICT
+    assert await s.last_event_seq("alice") == 2  # neither was appended
+    # Without a key, nothing is held.
+    assert (await s.admit(intake("m2"))).seq == 3
+
+
+async def test_admit_applies_entity_order(h: Harness) -> None:
+    s = h.store
+    first = await s.admit(
+        intake("a1", key="ka1", body_hash="h", hold_s=60, entity="e", entity_seq=1)
+    )
+    assert first.taken and first.entity == EntityDecision(EntityVerdict.APPLY, 2)
+    old = await s.admit(intake("a0", key="ka0", body_hash="h", hold_s=60, entity="e", entity_seq=1))
+    assert not old.taken and old.entity is not None
+    assert old.entity.verdict is EntityVerdict.DUPLICATE
+    gap = await s.admit(intake("a3", key="ka3", body_hash="h", hold_s=60, entity="e", entity_seq=3))
+    assert not gap.taken and gap.entity == EntityDecision(EntityVerdict.GAP, 2)
+    # A gap holds no key: the same id is new once the gap is filled.
+    assert (await s.admit(intake("a2", entity="e", entity_seq=2))).taken
+    again = await s.admit(
+        intake("a3", key="ka3", body_hash="h", hold_s=60, entity="e", entity_seq=3)
+    )
+    assert again.taken and again.dedup is not None and again.dedup.status is DedupStatus.NEW
+    assert await s.last_event_seq("alice") == 3
+
+
+async def test_admit_undoes_its_steps_when_one_fails(h: Harness) -> None:
+    s = h.store
+
+    def broken(seq: int) -> bytes:
+        raise RuntimeError("no body")
+
+    with pytest.raises(RuntimeError):
+        await s.admit(
+            intake("b1", key="kb1", body_hash="h", hold_s=60, entity="e", entity_seq=1, work=broken)
+        )
+    # The key and the entity seq were given back: the same message is taken in now.
+    retried = await s.admit(
+        intake("b1", key="kb1", body_hash="h", hold_s=60, entity="e", entity_seq=1)
+    )
+    assert retried.taken and retried.dedup is not None
+    assert retried.dedup.status is DedupStatus.NEW
+    assert retried.entity == EntityDecision(EntityVerdict.APPLY, 2)
+
+
+async def test_complete_logs_the_final_reply_records_the_outcome_and_settles(h: Harness) -> None:
+    s = h.store
+    taken = await s.admit(intake("c1", key="kc1", body_hash="h", hold_s=60))
+    seq = await s.complete(
+        Completion(
+            "alice",
+            b"final",
+            key="kc1",
+            outcome=lambda seq: b"outcome:%d" % seq,
+            ttl_s=600,
+            inflight=taken.inflight,
+        )
+    )
+    assert seq == taken.seq + 1
+    page = await s.events_after("alice", taken.seq, 10)
+    assert [(e.seq, e.body) for e in page.events] == [(seq, b"final")]
+    assert await s.outcome("kc1") == b"outcome:%d" % seq
+    h.clock.advance(LEASE_S + 1)
+    assert await s.requeue_stale_inflight(10) == 0  # settled: nothing to requeue
+    h.clock.advance(600 - LEASE_S - 2)
+    assert await s.outcome("kc1") is not None  # kept for ttl_s
+    # Without a key or an in-flight record, it only logs.
+    assert await s.complete(Completion("alice", b"event")) == seq + 1
+
+
 async def test_a_key_expires_after_its_ttl(h: Harness) -> None:
     s = h.store
     await s.remember("m", "hash-a", 10)
@@ -291,6 +399,18 @@ async def test_trimming_by_age_then_appending_continues_the_seq(h: Harness) -> N
     assert (await s.events_after("u", 3, 10)).reset
     assert await s.append_event("u", b"next") == 5  # seqs are never reused
     assert [e.seq for e in (await s.events_after("u", 4, 10)).events] == [5]
+
+
+async def test_appends_that_need_no_fsync_of_their_own_keep_the_order(h: Harness) -> None:
+    s = h.store
+    seqs = [
+        await s.append_event("alice", b"delta-1", durable=False),
+        await s.append_event("alice", b"delta-2", durable=False),
+        await s.append_event("alice", b"final"),
+    ]
+    assert seqs == [1, 2, 3]
+    page = await s.events_after("alice", 0, 10)
+    assert [e.body for e in page.events] == [b"delta-1", b"delta-2", b"final"]
 
 
 async def test_concurrent_appenders_get_every_seq_once(h: Harness) -> None:
@@ -533,6 +653,65 @@ async def test_redis_keys_stay_under_the_prefix(rh: Harness) -> None:
         assert [entry_id for entry_id, _ in entries] == [b"1-0"]
     finally:
         await client.aclose()
+
+
+# -- single-use tickets -------------------------------------------------------------------
+async def test_a_ticket_is_taken_once(h: Harness) -> None:
+    s = h.store
+    assert await s.ticket_put("t1", b"identity-1", 30)
+    assert not await s.ticket_put("t1", b"someone else", 30)  # outstanding: kept as it was
+    assert await s.ticket_take("unknown") is None
+    assert await s.ticket_take("t1") == b"identity-1"
+    assert await s.ticket_take("t1") is None
+    assert await s.ticket_put("t1", b"identity-2", 30)  # taken: the name is free again
+    assert await s.ticket_take("t1") == b"identity-2"
+
+
+async def test_a_ticket_expires_after_its_ttl(h: Harness) -> None:
+    s = h.store
+    assert await s.ticket_put("short", b"a", 5)
+    assert await s.ticket_put("long", b"b", 30)
+    h.clock.advance(5)
+    assert await s.ticket_take("short") is None
+    assert await s.ticket_take("long") == b"b"
+    with pytest.raises(ValueError):
+        await s.ticket_put("never", b"c", 0)
+
+
+async def test_exactly_one_concurrent_take_gets_a_ticket(h: Harness) -> None:
+    assert await h.store.ticket_put("contended", b"once", 30)
+    takers = [h.store, await h.second()] if isinstance(h, RedisHarness) else [h.store] * 2
+    taken = await asyncio.gather(*(takers[i % 2].ticket_take("contended") for i in range(20)))
+    assert sorted(taken, key=lambda v: v is None) == [b"once"] + [None] * 19
+
+
+async def test_redis_ticket_is_redeemed_on_another_replica(rh: Harness) -> None:
+    other = await rh.second()
+    assert await rh.store.ticket_put("shared", b"who", 30)
+    assert await other.ticket_take("shared") == b"who"
+    assert await rh.store.ticket_take("shared") is None
+    assert isinstance(rh, RedisHarness)
+    client = Redis.from_url(rh.server.url)
+    try:
+        assert await rh.store.ticket_put("forgotten", b"x", 2)
+        ttl_ms = await client.pttl(f"{rh.prefix}ticket:forgotten")
+        assert 0 < ttl_ms <= 3000  # Redis forgets it: outstanding tickets stay bounded
+    finally:
+        await client.aclose()
+
+
+async def test_sqlite_tickets_are_bounded(tmp_path: Path) -> None:
+    store = await SQLiteStore.open(tmp_path / DB_NAME)
+    try:
+        book = store._tickets
+        book.max_tickets = 3
+        assert [await store.ticket_put(f"t{i}", b"x", 30) for i in range(4)] == [
+            True, True, True, False,
+        ]  # fmt: skip
+        assert await store.ticket_take("t0") == b"x"
+        assert await store.ticket_put("t3", b"x", 30)
+    finally:
+        await store.close()
 
 
 # -- durability and lifecycle -------------------------------------------------------------

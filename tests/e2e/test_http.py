@@ -8,6 +8,7 @@ from collections.abc import Iterator
 
 import httpx
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.support.stack import Stack
 
@@ -48,6 +49,33 @@ def test_post_message_returns_stored_message_and_final_reply(stack: Stack) -> No
     assert final["role"] == "assistant"
     assert final["context"]["reply_to"] == stored["id"]
     assert int(final["seq"]) > int(stored["seq"])
+
+
+def streams_opened(c: httpx.Client) -> float:
+    for family in text_string_to_metric_families(c.get("/metrics").text):
+        for sample in family.samples:
+            if sample.name == "dialog_backend_streams_opened_total" and sample.labels == {
+                "backend": "chat"
+            }:
+                return float(sample.value)
+    return 0.0
+
+
+def test_requests_of_one_user_share_one_backend_stream(stack: Stack) -> None:
+    with client(stack) as c:
+        before = streams_opened(c)
+        token = stack.token("stream-sharer")
+        for text in ("one", "two", "three"):
+            r = c.post("/messages", json={**BODY, "content": {"type": "text", "text": text}},
+                       headers=auth(token))  # fmt: skip
+            assert r.json()["replies"][-1]["content"]["text"] == text
+        sse = {**auth(token), "Accept": "text/event-stream"}
+        with c.stream("POST", "/messages", json=BODY, headers=sse) as r:
+            assert any(e.get("event") == "message" for e in sse_events(r.iter_lines()))
+        assert streams_opened(c) == before + 1
+        r = c.post("/messages", json=BODY, headers=auth(stack.token("someone-else")))
+        assert r.status_code == 200
+        assert streams_opened(c) == before + 2
 
 
 def test_post_message_streams_replies_as_sse(stack: Stack) -> None:

@@ -138,3 +138,9 @@ def test_keepalive_settings_reach_the_websocket_server(
     config = GatewayConfig(ws_ping_interval_s=interval_s, ws_ping_timeout_s=timeout_s)
     server = http_config(config, object(), None, port=0)
     assert (server.ws_ping_interval, server.ws_ping_timeout) == expected
+
+
+@pytest.mark.parametrize("compression", [False, True])
+def test_the_compression_setting_reaches_the_websocket_server(compression: bool) -> None:
+    server = http_config(GatewayConfig(ws_compression=compression), object(), None, port=0)
+    assert server.ws_per_message_deflate is compression

@@ -67,6 +67,17 @@ async def test_ack_then_deltas_then_final(stack: Stack) -> None:
     assert frames[-1]["content"] == {"type": "text", "text": "hello streaming world"}
 
 
+async def test_compression_is_not_negotiated_by_default(stack: Stack) -> None:
+    # The client offers permessage-deflate (websockets does by default); WS_COMPRESSION
+    # is off, so the gateway accepts without it.
+    async with ws_connect(stack, stack.token()) as ws:
+        assert "permessage-deflate" in ws.request.headers["Sec-WebSocket-Extensions"]
+        assert "Sec-WebSocket-Extensions" not in ws.response.headers
+        await ws.send(text_message("c1", "plain"))
+        frames = await until_final(ws, "c1")
+    assert frames[-1]["content"] == {"type": "text", "text": "plain"}
+
+
 async def test_many_conversations_and_backends_on_one_socket(stack: Stack) -> None:
     async with ws_connect(stack, stack.token()) as ws:
         await ws.send(text_message("a", "alpha beta", conversation_id="c1"))

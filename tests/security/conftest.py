@@ -28,6 +28,8 @@ LIMITS = {
     "JSON_MAX_DEPTH": "8",
     "AUTH_TIMEOUT_MS": "500",
     "RATE_LIMIT_MAX": "100000",
+    # Off by default; on here, so that the compression bomb meets the size limit.
+    "WS_COMPRESSION": "on",
 }
 
 

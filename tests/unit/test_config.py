@@ -264,6 +264,7 @@ ERROR_CASES = [
         {**ENV, "BACKEND_CHAT_TIMEOUT_MS": "soon"},
         "BACKEND_CHAT_TIMEOUT_MS",
     ),
+    ("unknown store sync mode", None, ROUTES, {**ENV, "STORE_SYNC": "sometimes"}, "STORE_SYNC"),
 ]
 
 

@@ -11,14 +11,19 @@ import pytest
 from gateway.config import BackendConfig, ConfigError, RoutesConfig, load_config
 from gateway.discovery import (
     SERVICE_CONFIG,
+    SERVICE_CONFIG_JSON,
     Found,
+    OutlierPolicy,
     TargetError,
+    WatchChanges,
     channel_target,
     compare,
+    consul_services,
     healthy_addresses,
     next_index,
     retry_delay_s,
     target_addresses,
+    watch_changes,
     with_discovered,
 )
 
@@ -131,6 +136,64 @@ def test_retry_delay_grows_and_is_capped() -> None:
 def test_the_service_config_balances_round_robin_with_outlier_ejection() -> None:
     policy = SERVICE_CONFIG["loadBalancingConfig"][0]["outlier_detection_experimental"]
     assert policy["childPolicy"] == [{"round_robin": {}}]
+
+
+def test_the_production_outlier_policy_is_the_documented_one() -> None:
+    policy = SERVICE_CONFIG["loadBalancingConfig"][0]["outlier_detection_experimental"]
+    assert policy == {
+        "interval": "10.000s",
+        "baseEjectionTime": "30.000s",
+        "maxEjectionTime": "300.000s",
+        "maxEjectionPercent": 50,
+        "failurePercentageEjection": {
+            "threshold": 85,
+            "enforcementPercentage": 100,
+            "minimumHosts": 2,
+            "requestVolume": 20,
+        },
+        "childPolicy": [{"round_robin": {}}],
+    }
+    assert json.loads(SERVICE_CONFIG_JSON) == SERVICE_CONFIG
+
+
+def test_an_outlier_policy_writes_its_durations_as_protobuf_json() -> None:
+    config = OutlierPolicy(interval_s=0.2, base_ejection_s=1.5).service_config()
+    policy = config["loadBalancingConfig"][0]["outlier_detection_experimental"]
+    assert (policy["interval"], policy["baseEjectionTime"]) == ("0.200s", "1.500s")
+
+
+def test_consul_services_names_the_backends_that_follow_one() -> None:
+    routes = RoutesConfig(
+        backends=(
+            BackendConfig("chat", "", consul_service="chat-svc"),
+            BackendConfig("tasks", "127.0.0.1:50062"),
+        ),
+        rules=(),
+        default_backend="chat",
+    )
+    assert consul_services(routes) == {"chat": "chat-svc"}
+
+
+@pytest.mark.parametrize(
+    ("current", "wanted", "expected"),
+    [
+        ({}, {}, WatchChanges()),
+        ({}, {"a": "s"}, WatchChanges(start=("a",))),
+        ({"a": "s"}, {}, WatchChanges(stop=("a",))),
+        ({"a": "s"}, {"a": "s"}, WatchChanges()),
+        # Another service: what the old one found says nothing about the new one.
+        ({"a": "s"}, {"a": "t"}, WatchChanges(stop=("a",), start=("a",))),
+        (
+            {"a": "s", "b": "s", "c": "u"},
+            {"b": "s", "c": "v", "d": "w"},
+            WatchChanges(stop=("a", "c"), start=("c", "d")),
+        ),
+    ],
+)
+def test_watch_changes_stops_and_starts_the_loops_that_differ(
+    current: dict[str, str], wanted: dict[str, str], expected: WatchChanges
+) -> None:
+    assert watch_changes(current, wanted) == expected
 
 
 def _load(tmp_path: Path, backends: list[dict[str, Any]], **env: str) -> Any:
