@@ -33,7 +33,7 @@ import uuid
 from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from typing import Any, ParamSpec, TypedDict, TypeVar, Unpack
 
-from redis.asyncio import Redis
+from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError, ResponseError
@@ -65,6 +65,8 @@ DEFAULT_PREFIX = "dialog:"
 DEFAULT_MAX_ATTEMPTS = 5
 DEFAULT_REPLICA_LEASE_S = 30.0
 DEFAULT_TIMEOUT_S = 5.0
+# Connections to Redis one process opens at most (its pool); more concurrent commands wait.
+MAX_CONNECTIONS = 128
 GROUP = "gateway"
 NOTICE_POLL_S = 1.0
 
@@ -170,9 +172,13 @@ class RedisStore:
         cls, url: str, *, timeout_s: float = DEFAULT_TIMEOUT_S, **options: Unpack[RedisOptions]
     ) -> RedisStore:
         """Connect to ``url`` (``REDIS_URL``), check it answers, start the heartbeat.
-        Every command has the deadline ``timeout_s``."""
-        client = Redis.from_url(
+        Every command has the deadline ``timeout_s``, the wait for a free connection
+        included: at most ``MAX_CONNECTIONS`` are open, and a burst waits for one rather
+        than failing."""
+        pool = BlockingConnectionPool.from_url(
             url,
+            max_connections=MAX_CONNECTIONS,
+            timeout=timeout_s,
             socket_timeout=timeout_s,
             socket_connect_timeout=timeout_s,
             retry=Retry(NoBackoff(), 0),
@@ -182,6 +188,7 @@ class RedisStore:
             # restart, every connection pooled before it would fail its next command.
             maint_notifications_config=MaintNotificationsConfig(enabled=False),
         )
+        client = Redis(connection_pool=pool, retry=Retry(NoBackoff(), 0))
         store = cls(client, **options)
         try:
             await store.connections.start()

@@ -784,3 +784,16 @@ async def test_redis_notices_reach_the_other_replicas_only(rh: Harness) -> None:
         await asyncio.gather(first, own_first, return_exceptions=True)
         await notices.aclose()
         await own.aclose()
+
+
+# -- Redis connections ---------------------------------------------------------------------
+async def test_more_concurrent_commands_than_connections_wait_for_one(
+    rh: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from gateway.store import redis as redis_store
+
+    monkeypatch.setattr(redis_store, "MAX_CONNECTIONS", 3)
+    store = await rh.open()  # a pool of 3 connections
+    rh.extra.append(store)
+    seqs = await asyncio.gather(*(store.append_event("burst", b"x") for _ in range(60)))
+    assert sorted(seqs) == list(range(1, 61))
