@@ -15,8 +15,6 @@ Run as a process (``python -m tests.support.metadata_probe``) like the probe: on
 from __future__ import annotations
 
 import asyncio
-import os
-import signal
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -36,6 +34,7 @@ from tests.support.probe import (
     ProbeTypes,
     RunningProbe,
     _with_own_services,
+    serve_until_stopped,
 )
 
 NOTE = "x-probe-note"
@@ -102,17 +101,5 @@ async def start_metadata_probe(pki: Path, *, cert: str = "chat", port: int = 0) 
     return RunningProbe(probe, server, bound)
 
 
-async def _main() -> None:
-    env = os.environ
-    running = await start_metadata_probe(
-        Path(env["PROBE_PKI"]), cert=env.get("PROBE_CERT", "chat"), port=int(env["PROBE_PORT"])
-    )
-    stop = asyncio.Event()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        asyncio.get_running_loop().add_signal_handler(signum, stop.set)
-    await stop.wait()
-    await running.stop()
-
-
 if __name__ == "__main__":
-    asyncio.run(_main())
+    asyncio.run(serve_until_stopped(start_metadata_probe))

@@ -32,7 +32,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -321,9 +321,11 @@ def _with_own_services(pool: descriptor_pool.DescriptorPool) -> descriptor_pool.
     return pool
 
 
-async def _main() -> None:
+async def serve_until_stopped(start: Callable[..., Awaitable[RunningProbe]]) -> None:
+    """Run a probe as a process: ``start`` it as PROBE_PKI, PROBE_CERT and PROBE_PORT say,
+    until SIGTERM or SIGINT."""
     env = os.environ
-    running = await start_probe(
+    running = await start(
         Path(env["PROBE_PKI"]), cert=env.get("PROBE_CERT", "chat"), port=int(env["PROBE_PORT"])
     )
     stop = asyncio.Event()
@@ -334,4 +336,4 @@ async def _main() -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(_main())
+    asyncio.run(serve_until_stopped(start_probe))
