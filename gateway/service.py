@@ -562,19 +562,12 @@ class DialogService:
     async def _deliver_queued(self, backend: str, work: QueuedWork) -> None:
         """Deliver a queued message; its replies go to the user's event log. Its back-end
         call's span is a child of the span the message was admitted in (a new trace for
-        an entry queued without one): the delivery is the rest of that message's work."""
-        upstreams = Upstreams(
-            self.pool,
-            work.user,
-            client=work.client,
-            reply_queue_max=self.config.outbound_queue_max,
-        )
-        try:
-            parent = tracing.from_carrier(work.trace_context())
+        an entry queued without one): the delivery is the rest of that message's work.
+        It uses the user's back-end streams kept between requests."""
+        parent = tracing.from_carrier(work.trace_context())
+        async with self._shared_upstreams.lease(work.user, work.client) as upstreams:
             async for _ in self._forward(upstreams, backend, work, parent):
                 pass
-        finally:
-            await upstreams.aclose()
 
     async def _report_dead(self, work: QueuedWork, error: DialogError) -> None:
         """Tell the user that a queued message went to the dead letters."""
