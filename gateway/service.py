@@ -59,6 +59,7 @@ from gateway.routing import RouteTable
 from gateway.store import Admitted, Completion, DedupStatus, EntityVerdict, Intake, Store
 from gateway.store.connect import connect_store
 from gateway.tickets import TICKET_BYTES, ticket_lifetime_s, well_formed
+from gateway.transcode.cors import CorsPolicy
 from gateway.translate import (
     DELTA,
     QUEUED,
@@ -74,6 +75,13 @@ from gateway.upstream import BackendChanges, BackendPool
 # this many users at most, each closed once idle this long.
 SHARED_STREAMS_MAX_USERS = 1024
 SHARED_STREAMS_IDLE_S = 60.0
+
+
+def _cors_policy(config: GatewayConfig) -> CorsPolicy:
+    """Who may call from a browser: ``ALLOWED_ORIGINS``, and the request headers clients
+    send (the back-ends' ``forward_metadata`` among them)."""
+    forwarded = (name for b in config.routes.backends for name in b.forward_metadata)
+    return CorsPolicy.of(parse_allowed_origins(config.allowed_origins), forwarded)
 
 
 def new_id() -> str:
@@ -171,7 +179,7 @@ class DialogService:
         self.redelivery: Redelivery | None = None
         self.replica = f"{socket.gethostname()}-{os.getpid()}-{new_id()[:8]}"
         self.authenticator = Authenticator.from_config(config, base_dir=base_dir, clock=clock)
-        self.allowed_origins = parse_allowed_origins(config.allowed_origins)
+        self.cors = _cors_policy(config)
         self.inflight = 0
         self._shared_upstreams = SharedUpstreams(
             self._open_upstreams, max_users=SHARED_STREAMS_MAX_USERS, idle_s=SHARED_STREAMS_IDLE_S
@@ -200,7 +208,7 @@ class DialogService:
         config = dataclasses.replace(config, routes=routes)
         changes = self.pool.apply(config.routes, max_message_bytes=config.max_message_bytes)
         self.routes = RouteTable.from_config(config.routes)
-        self.allowed_origins = parse_allowed_origins(config.allowed_origins)
+        self.cors = _cors_policy(config)
         self.config = config
         return changes
 
@@ -629,7 +637,7 @@ class DialogService:
 
     def check_origin(self, origin: str | None) -> None:
         """Refuse a browser ``Origin`` that is not on ``ALLOWED_ORIGINS``."""
-        if not origin_allowed(origin, self.allowed_origins):
+        if not origin_allowed(origin, self.cors.origins):
             raise PermissionDenied("this origin is not allowed")
 
     async def issue_ticket(self, identity: Identity) -> tuple[str, float]:

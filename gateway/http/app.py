@@ -27,7 +27,6 @@ from gateway.http.tickets import post_ws_ticket
 from gateway.http.transcoding import Transcoder, TranscodingRoute
 from gateway.openapi import VERSION, openapi_document
 from gateway.service import DialogService
-from gateway.transcode.cors import CorsPolicy
 from gateway.websocket.bridge import websocket_endpoint
 
 log = logging.getLogger(__name__)
@@ -107,13 +106,6 @@ EXCEPTION_HANDLERS: dict[Any, Any] = {
 }
 
 
-def cors_policy(service: DialogService) -> CorsPolicy:
-    """The CORS policy now: ``ALLOWED_ORIGINS`` and the back-ends' ``forward_metadata``
-    (both change with a reload)."""
-    forwarded = (n for c in service.pool.configs.values() for n in c.forward_metadata)
-    return CorsPolicy.of(service.allowed_origins, forwarded)
-
-
 def path_methods(
     routes: list[BaseRoute], transcoder: Transcoder | None
 ) -> Callable[[str], tuple[str, ...]]:
@@ -158,7 +150,7 @@ def build_app(
     middleware = [
         Middleware(SecurityHeaders, tls=config.tls),
         Middleware(
-            Cors, policy=lambda: cors_policy(service), methods=path_methods(routes, transcoder)
+            Cors, policy=lambda: service.cors, methods=path_methods(routes, transcoder)
         ),
     ]
     app = _app(routes, middleware, service, monitor)

@@ -28,7 +28,7 @@ from tests.perf import record, report
 from tests.perf.capacity import IdleResult, hold_idle, idle_rows, raise_file_limit
 from tests.perf.loads import Sample, Timing
 from tests.perf.procs import Processes
-from tests.perf.scenarios import GATEWAY_VARIANTS, REDIS, Scenario, Systems, build
+from tests.perf.scenarios import GATEWAY_VARIANTS, REDIS, Scenario, Systems, build, ws_target
 from tests.perf.systems import start_dialog, start_go_gateway, start_nginx, start_redis
 from tests.perf.tools import prepare
 
@@ -120,14 +120,7 @@ def measure_idle(systems: Systems, count: int, open_within_s: float) -> list[Idl
         return []
     out: list[IdleResult] = []
     gw = next(iter(systems.gateways.values()))
-    args = [
-        "-url",
-        gw.stack.ws_url,
-        "-ca",
-        str(gw.certs / "ca.pem"),
-        "-tokens",
-        str(gw.tokens_file),
-    ]
+    args = ws_target(gw)
     print(f"bench: {count:,} idle WebSockets to Dialog Gateway", flush=True)
     out.append(hold_idle("Dialog Gateway", load, args, gw.pids["gateway"], count, open_within_s))
     if systems.go_gateway is not None:

@@ -130,19 +130,20 @@ def _mtls_args(gw: DialogSystem) -> list[str]:
     ]
 
 
-def gateway_ws(gw: DialogSystem, c: int) -> Runner:
-    args = [
-        "-mode",
-        "ws",
+def ws_target(gw: DialogSystem) -> list[str]:
+    """dialog-load's arguments naming the gateway's WebSocket: URL, CA and users' tokens."""
+    return [
         "-url",
         gw.stack.ws_url,
         "-ca",
         str(gw.certs / "ca.pem"),
         "-tokens",
         str(gw.tokens_file),
-        "-c",
-        str(c),
     ]
+
+
+def gateway_ws(gw: DialogSystem, c: int) -> Runner:
+    args = ["-mode", "ws", *ws_target(gw), "-c", str(c)]
     return lambda s: _load(s, args, gw.pids)
 
 

@@ -21,7 +21,7 @@ from typing import Any
 
 import grpc
 from grpc_health.v1 import _async as health_aio
-from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1 import health_pb2_grpc
 from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
 
 from tests.support.probe import (
@@ -35,6 +35,7 @@ from tests.support.probe import (
     RunningProbe,
     _with_own_services,
     serve_until_stopped,
+    start_secure,
 )
 
 NOTE = "x-probe-note"
@@ -90,15 +91,7 @@ async def start_metadata_probe(pki: Path, *, cert: str = "chat", port: int = 0) 
     names = (SERVICE, BACKEND_SERVICE, "grpc.health.v1.Health", reflection.SERVICE_NAME)
     servicer = reflection.aio.ReflectionServicer(names, pool=_with_own_services(types.pool))
     reflection_pb2_grpc.add_ServerReflectionServicer_to_server(servicer, server)
-    credentials = grpc.ssl_server_credentials(
-        [((pki / f"{cert}-key.pem").read_bytes(), (pki / f"{cert}.pem").read_bytes())],
-        root_certificates=(pki / "ca.pem").read_bytes(),
-        require_client_auth=True,
-    )
-    bound = server.add_secure_port(f"127.0.0.1:{port}", credentials)
-    await health.set("", health_pb2.HealthCheckResponse.SERVING)
-    await server.start()
-    return RunningProbe(probe, server, bound)
+    return await start_secure(server, health, probe, pki, cert=cert, port=port)
 
 
 if __name__ == "__main__":

@@ -289,6 +289,20 @@ async def start_probe(
         )
     else:
         reflection_pb2_grpc.add_ServerReflectionServicer_to_server(servicer, server)
+    return await start_secure(server, health, probe, pki, cert=cert, port=port)
+
+
+async def start_secure(
+    server: grpc.aio.Server,
+    health: health_aio.HealthServicer,
+    probe: Probe,
+    pki: Path,
+    *,
+    cert: str,
+    port: int,
+) -> RunningProbe:
+    """Serve ``server`` on 127.0.0.1:``port`` with mutual TLS (the server certificate
+    ``cert`` of ``pki``), healthy, and started."""
     credentials = grpc.ssl_server_credentials(
         [((pki / f"{cert}-key.pem").read_bytes(), (pki / f"{cert}.pem").read_bytes())],
         root_certificates=(pki / "ca.pem").read_bytes(),
