@@ -7,7 +7,9 @@ client certificate identity, the idempotency key whose outcome the delivery
 records, the entity seq it holds, and the W3C trace context of the message's span
 (so that its delivery, however late, continues the message's trace). The encoding is
 one line of JSON followed by the serialized ``dialog.v1.Message``; an entry written
-before the trace context was kept has none, and decodes with none.
+before the trace context was kept has none, and decodes with none. ``log_seq`` comes last
+in the JSON (``template``: the store splices it in); entries that have it elsewhere read
+the same.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import json
 from dataclasses import dataclass
 
 from dialog.v1 import message_pb2
+from gateway.store.records import WorkTemplate
 
 Message = message_pb2.Message
 
@@ -42,15 +45,20 @@ class QueuedWork:
     tracestate: str = ""
 
     def encode(self) -> bytes:
+        return self.template().fill(self.log_seq)
+
+    def template(self) -> WorkTemplate:
+        """The encoding but for ``log_seq``, which the store fills in (``Store.admit``):
+        the JSON header ends with ``"log_seq": <seq>}``, as ``json.dumps`` writes it."""
         header = {
             "user": self.user,
             "client": self.client,
             "key": self.key,
             "entity": self.entity,
-            "log_seq": self.log_seq,
+            **self.trace_context(),
         }
-        header.update(self.trace_context())
-        return json.dumps(header).encode() + b"\n" + self.message.SerializeToString()
+        head = json.dumps(header).encode()  # a non-empty object: ends with "}"
+        return WorkTemplate(head[:-1] + b', "log_seq": ', b"}\n" + self.message.SerializeToString())
 
     @classmethod
     def decode(cls, data: bytes) -> QueuedWork:

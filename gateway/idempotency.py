@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 from dialog.backend.v1 import backend_pb2
 from dialog.v1 import message_pb2
+from gateway.store.records import OutcomeTemplate
 from gateway.translate import DELTA
 
 Message = message_pb2.Message
@@ -55,3 +56,14 @@ class Outcome:
     @classmethod
     def of(cls, stored: Message, replies: Sequence[Message]) -> Outcome:
         return cls(stored=stored, replies=tuple(r for r in replies if r.content.type != DELTA))
+
+    @classmethod
+    def template(
+        cls, stored: Message, replies: Sequence[Message], final: Message
+    ) -> OutcomeTemplate:
+        """``Outcome.of(stored, [*replies, final]).encode()`` but for ``final.seq``, which
+        the store fills in (``Store.complete``); ``final`` is the final reply (not a delta),
+        its seq 0."""
+        if final.seq or final.content.type == DELTA:
+            raise ValueError("the final reply of an outcome template has no seq and is no delta")
+        return OutcomeTemplate(cls.of(stored, replies).encode(), final.SerializeToString())

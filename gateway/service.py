@@ -334,7 +334,7 @@ class DialogService:
                 event=stored.SerializeToString(),
                 message_id=stored.id,
                 backend=backend,
-                work=lambda seq: dataclasses.replace(work, log_seq=seq).encode(),
+                work=work.template(),  # the log's seq is filled in by the store
                 lease_s=pending_s,
                 key=key,
                 body_hash=fingerprint(stored) if key else "",
@@ -532,20 +532,13 @@ class DialogService:
         """Log the final ``reply`` (``reply.seq`` becomes its seq) and, in the same commit,
         record the outcome for repeats and settle the in-flight record."""
         store, hub = self._ready()
-        logged, before = work.logged(), list(earlier)
-
-        def outcome(seq: int) -> bytes:  # run by the store, while this task waits
-            final = message_pb2.Message()
-            final.CopyFrom(reply)
-            final.seq = seq
-            return Outcome.of(logged, [*before, final]).encode()
-
         reply.seq = 0
         completion = Completion(
             work.user,
             reply.SerializeToString(),
             key=work.key,
-            outcome=outcome,
+            # The outcome with the reply's seq, which the store fills in (one step).
+            outcome=Outcome.template(work.logged(), earlier, reply) if work.key else None,
             ttl_s=self.config.dedup_ttl_s,
             inflight=inflight,
         )

@@ -33,7 +33,9 @@ from gateway.store.records import (
     Event,
     EventsPage,
     Intake,
+    OutcomeTemplate,
     QueuedMessage,
+    WorkTemplate,
 )
 
 __all__ = [
@@ -47,8 +49,10 @@ __all__ = [
     "Event",
     "EventsPage",
     "Intake",
+    "OutcomeTemplate",
     "QueuedMessage",
     "Store",
+    "WorkTemplate",
 ]
 
 
@@ -97,20 +101,19 @@ class Store(Protocol):
     async def admit(self, intake: Intake) -> Admitted:
         """Take a client message in: hold its key (``remember``), apply its entity seq
         (``apply_entity_seq``), append it to its user's log (``append_event``) and keep it
-        in flight (``track_inflight``, body ``intake.work(seq)``), each step only when
+        in flight (``track_inflight``, body ``intake.work.fill(seq)``), each step only when
         the one before allows it. A key that is not NEW stops there; so does an entity
-        seq that is not APPLY, and a GAP also drops the key it held. When a step fails,
-        the key and the entity seq are given back. One atomic step where the store can
-        (SQLite: one transaction, one commit, so a failed step leaves nothing at all),
-        else its steps in order (``gateway.store.in_steps``: an event already appended
-        stays in the log)."""
+        seq that is not APPLY, and a GAP also drops the key it held. One atomic step, so a
+        failure leaves nothing at all (SQLite: one transaction, one commit; Redis: one
+        script, which Redis refuses, out of memory or read-only, at its first write)."""
         ...
 
     async def complete(self, completion: Completion) -> int:
         """Append a message's final reply to its user's log and return its seq; with it,
-        record the outcome of the message's key (``record_outcome``, if any) and settle
-        its in-flight record (``settle_inflight``, if any). One atomic step where the
-        store can (SQLite: one commit), else in that order."""
+        record the outcome of the message's key (``record_outcome``, body
+        ``completion.outcome.fill(seq)``, if any) and settle its in-flight record
+        (``settle_inflight``, if any). One atomic step (SQLite: one commit; Redis: one
+        script)."""
         ...
 
     # -- per-user event log ----------------------------------------------------------

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import enum
-from collections.abc import Callable
 from dataclasses import dataclass
 
 
@@ -48,11 +47,65 @@ class EntityDecision:
     expected: int
 
 
+def varint(n: int) -> bytes:
+    """``n`` (>= 0) as a protobuf base-128 varint, least significant group first."""
+    out = bytearray()
+    while n >= 0x80:
+        out.append(n & 0x7F | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
+# The protobuf tags ``OutcomeTemplate`` splices: field 1, length-delimited (an embedded
+# message of a repeated field) and field 6, varint (its ``seq``).
+MESSAGE_TAG = b"\x0a"
+SEQ_TAG = b"\x30"
+
+
+@dataclass(frozen=True)
+class WorkTemplate:
+    """The body of a message's in-flight record, but for its log seq, which the log gives
+    in the same step (``Store.admit``): ``before``, the seq in decimal, then ``after``.
+
+    A store fills it in without running the caller's code (Redis: in Lua, the same way).
+    """
+
+    before: bytes
+    after: bytes
+
+    def fill(self, seq: int) -> bytes:
+        return self.before + str(seq).encode() + self.after
+
+
+@dataclass(frozen=True)
+class OutcomeTemplate:
+    """The outcome of a message's key, but for the seq of its final reply, which the log
+    gives in the same step (``Store.complete``): a serialized protobuf message whose
+    field 1 is a repeated message field (``dialog.backend.v1.ConverseResponse``).
+
+    ``prefix`` is that message with the entries before the final reply; ``final`` is the
+    final reply (a ``dialog.v1.Message``, field 6 ``seq`` a uint64) serialized without a
+    seq. ``fill`` appends the final reply as one more field 1 entry, with its seq as a
+    field 6 after its other fields: protobuf reads fields in any order, so it decodes as
+    if the reply had been serialized with that seq. A store fills it in without running
+    the caller's code (Redis: in Lua, the same way).
+    """
+
+    prefix: bytes
+    final: bytes
+
+    def fill(self, seq: int) -> bytes:
+        tail = SEQ_TAG + varint(seq)
+        length = varint(len(self.final) + len(tail))
+        return self.prefix + MESSAGE_TAG + length + self.final + tail
+
+
 @dataclass(frozen=True)
 class Intake:
     """A client message on its way in (``Store.admit``).
 
-    ``event`` is the message as its user's log keeps it; ``work(seq)`` is the body of
+    ``event`` is the message as its user's log keeps it; ``work.fill(seq)`` is the body of
     its in-flight record once the log gave it ``seq``. ``key`` (with ``body_hash``,
     held for ``hold_s``) is its idempotency key, "" for none; ``entity`` (with
     ``entity_seq``) its entity's store key, "" when it is not ordered.
@@ -62,7 +115,7 @@ class Intake:
     event: bytes
     message_id: str
     backend: str
-    work: Callable[[int], bytes]
+    work: WorkTemplate
     lease_s: float
     key: str = ""
     body_hash: str = ""
@@ -91,15 +144,15 @@ class Admitted:
 class Completion:
     """A message's final reply on its way out (``Store.complete``).
 
-    ``event`` is the reply as its user's log keeps it; ``outcome(seq)`` is what repeats of
-    the message's ``key`` get (kept ``ttl_s``) once the log gave the reply ``seq``;
+    ``event`` is the reply as its user's log keeps it; ``outcome.fill(seq)`` is what repeats
+    of the message's ``key`` get (kept ``ttl_s``) once the log gave the reply ``seq``;
     ``inflight`` is the message's in-flight record, settled now ("" for none).
     """
 
     user: str
     event: bytes
     key: str = ""
-    outcome: Callable[[int], bytes] | None = None
+    outcome: OutcomeTemplate | None = None
     ttl_s: float = 0.0
     inflight: str = ""
 

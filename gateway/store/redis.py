@@ -15,7 +15,9 @@ user, entity or back-end name can collide with another family:
   ``replicas`` hash {replica: alive until};
 - ``ticket:<ticket>`` "<expires_at> <identity>", set with NX and a TTL, taken with GETDEL.
 
-Atomicity: every check-and-set is one Lua script (``redis_scripts``), or a MULTI.
+Atomicity: every check-and-set is one Lua script (``redis_scripts``), or a MULTI;
+``admit`` and ``complete`` are one script each (one round trip), which fills the seq the
+log gives into the caller's templates (``WorkTemplate``, ``OutcomeTemplate``).
 Durability: a write is acknowledged once Redis applied it; it survives a Redis crash
 only with ``appendonly yes`` and ``appendfsync always`` (``everysec`` may lose the last
 second), which is the operator's Redis configuration. The client never retries a
@@ -42,7 +44,6 @@ from redis.maint_notifications import MaintNotificationsConfig
 from gateway.errors import StoreUnavailable
 from gateway.store import redis_scripts as lua
 from gateway.store import rules
-from gateway.store.in_steps import admit_in_steps, complete_in_steps
 from gateway.store.records import (
     Admitted,
     Completion,
@@ -154,7 +155,7 @@ class RedisStore:
             for name in (
                 "REMEMBER", "RECORD_OUTCOME", "ENTITY_SEQ", "RELEASE_ENTITY_SEQ", "APPEND_EVENT",
                 "TRIM_EVENTS", "DELIVER", "FAIL", "REPLAY_DEAD_LETTER", "RATE_ACQUIRE",
-                "HOLD_QUEUE", "SETTLE_INFLIGHT",
+                "HOLD_QUEUE", "TRACK_INFLIGHT", "SETTLE_INFLIGHT", "ADMIT", "COMPLETE",
             )
         }  # fmt: skip
         self.connections = ReplicaConnections(
@@ -246,20 +247,73 @@ class RedisStore:
         return bool(await self._script("RELEASE_ENTITY_SEQ", keys, [seq]))
 
     # -- a client message on its way in ----------------------------------------------
+    @_converted
     async def admit(self, intake: Intake) -> Admitted:
-        # Step by step: the in-flight body needs the seq the log gives.
-        return await admit_in_steps(self, intake)
+        rules.require(intake.lease_s > 0, "lease_s must be positive")
+        rules.require(not intake.key or intake.hold_s > 0, "hold_s must be positive")
+        rules.require(not intake.entity or intake.entity_seq >= 1, "seq must be at least 1")
+        now_s = self._clock()
+        inflight_id = uuid.uuid4().hex
+        keys = [
+            self._key("dedup", intake.key or "-"),  # "-" for none: not touched
+            self._key("entity", intake.entity or "-"),
+            *self._event_keys(intake.user),
+            self._key("inflight", inflight_id),
+            self._key("inflight"),
+        ]
+        hold = (
+            (lua.number(now_s + intake.hold_s), rules.ttl_ms(intake.hold_s))
+            if intake.key
+            else ("", "")
+        )
+        args = [
+            "1" if intake.key else "0", intake.body_hash, lua.number(now_s), *hold,
+            intake.entity_seq if intake.entity else 0,
+            intake.event, self.connections.replica_id, intake.user,
+            inflight_id, intake.message_id, intake.backend, intake.work.before, intake.work.after,
+            lua.number(now_s + intake.lease_s),
+        ]  # fmt: skip
+        status, outcome, verdict, expected, seq = await self._script("ADMIT", keys, args)
+        dedup = None if status is None else DedupResult(DedupStatus(_text(status)), outcome)
+        decision = (
+            None
+            if verdict is None
+            else EntityDecision(EntityVerdict(_text(verdict)), int(expected))
+        )
+        if not seq:
+            return Admitted(dedup, decision)
+        return Admitted(dedup, decision, int(seq), inflight_id)
 
+    @_converted
     async def complete(self, completion: Completion) -> int:
-        return await complete_in_steps(self, completion)
+        rules.require(not completion.key or completion.ttl_s > 0, "ttl_s must be positive")
+        now_s = self._clock()
+        template = completion.outcome if completion.key else None
+        keys = [
+            *self._event_keys(completion.user),
+            self._key("dedup", completion.key or "-"),  # "-": not touched
+            self._key("inflight", completion.inflight or "-"),
+            self._key("inflight"),
+        ]
+        record: tuple[str | bytes, ...] = ("0", "", "", "", "")
+        if template is not None:
+            expires_at = lua.number(now_s + completion.ttl_s)
+            ttl_ms = str(rules.ttl_ms(completion.ttl_s))
+            record = ("1", template.prefix, template.final, expires_at, ttl_ms)
+        args = [completion.event, lua.number(now_s), self.connections.replica_id]
+        args += [completion.user, *record, completion.inflight]
+        return int(await self._script("COMPLETE", keys, args))
 
     # -- per-user event log ----------------------------------------------------------
+    def _event_keys(self, user: str) -> list[str]:
+        """The keys of ``APPEND_EVENT``: the user's stream, its seq counter, the notices."""
+        return [self._key("events", user), self._key("evseq", user), self._key("notices")]
+
     @_converted
     async def append_event(self, user: str, message: bytes, *, durable: bool = True) -> int:
         # Every write is as durable as Redis's own persistence makes it (``durable`` too).
-        keys = [self._key("events", user), self._key("evseq", user), self._key("notices")]
         args = [message, lua.number(self._clock()), self.connections.replica_id, user]
-        return int(await self._script("APPEND_EVENT", keys, args))
+        return int(await self._script("APPEND_EVENT", self._event_keys(user), args))
 
     @_converted
     async def events_after(self, user: str, after_seq: int, limit: int) -> EventsPage:
@@ -349,14 +403,11 @@ class RedisStore:
     ) -> str:
         rules.require(lease_s > 0, "lease_s must be positive")
         inflight_id = uuid.uuid4().hex
-        until_s = self._clock() + lease_s
-        async with self._redis.pipeline(transaction=True) as pipe:
-            pipe.hset(
-                self._key("inflight", inflight_id),
-                mapping={"message_id": message_id, "backend": backend, "body": body},
-            )
-            pipe.zadd(self._key("inflight"), {inflight_id: until_s})
-            await pipe.execute()
+        keys = [self._key("inflight", inflight_id), self._key("inflight")]
+        until_s = lua.number(self._clock() + lease_s)
+        await self._script(
+            "TRACK_INFLIGHT", keys, [inflight_id, message_id, backend, body, until_s]
+        )
         return inflight_id
 
     @_converted

@@ -5,9 +5,19 @@ They restate ``gateway.store.rules`` (Redis cannot run Python); the contract
 suite holds both stores to the same answers. Times arrive as decimal strings of
 the caller's clock; Redis's own expiries only collect garbage. Every key a
 script touches is passed in KEYS.
+
+A rule that more than one script applies is a Lua function (``local function remember``
+...), written once here and prepended to each script that calls it: ``ADMIT`` and
+``COMPLETE`` run the steps of ``Store.admit`` and ``Store.complete`` in one script (one
+round trip, atomic), with the same functions the single-step scripts run. Redis refuses a
+script (out of memory, a read-only replica) at its first write, so none of these is left
+half done; a script that errs later (a key of the wrong type, which the key families rule
+out) keeps its earlier writes.
 """
 
 from __future__ import annotations
+
+from gateway.store.records import MESSAGE_TAG, SEQ_TAG
 
 
 def number(value: float) -> str:
@@ -25,42 +35,58 @@ local function field(fields, name)
 end
 """
 
-# KEYS: dedup hash. ARGV: body_hash, now_s, expires_at_s, ttl_ms.
+# remember(dedup hash, body_hash, now_s, expires_at_s, ttl_ms) -> {status, outcome}.
 # rules.dedup_status: live while now < expires_at; NEW replaces an expired entry.
-REMEMBER = """
-local stored = redis.call('HMGET', KEYS[1], 'hash', 'expires_at', 'outcome')
-if stored[1] and tonumber(ARGV[2]) < tonumber(stored[2]) then
-  if stored[1] == ARGV[1] then return {'replay', stored[3]} end
-  return {'conflict', false}
+_REMEMBER = """
+local function remember(key, body_hash, now_s, expires_at_s, ttl_ms)
+  local stored = redis.call('HMGET', key, 'hash', 'expires_at', 'outcome')
+  if stored[1] and tonumber(now_s) < tonumber(stored[2]) then
+    if stored[1] == body_hash then return {'replay', stored[3]} end
+    return {'conflict', false}
+  end
+  redis.call('DEL', key)
+  redis.call('HSET', key, 'hash', body_hash, 'expires_at', expires_at_s)
+  redis.call('PEXPIRE', key, ttl_ms)
+  return {'new', false}
 end
-redis.call('DEL', KEYS[1])
-redis.call('HSET', KEYS[1], 'hash', ARGV[1], 'expires_at', ARGV[3])
-redis.call('PEXPIRE', KEYS[1], ARGV[4])
-return {'new', false}
+"""
+
+# KEYS: dedup hash. ARGV: body_hash, now_s, expires_at_s, ttl_ms.
+REMEMBER = _REMEMBER + "return remember(KEYS[1], ARGV[1], ARGV[2], ARGV[3], ARGV[4])\n"
+
+# record_outcome(dedup hash, outcome, expires_at_s or '', ttl_ms or '') -> 1, or 0 for a
+# key that is no longer held (left alone).
+_RECORD_OUTCOME = """
+local function record_outcome(key, outcome, expires_at_s, ttl_ms)
+  if redis.call('EXISTS', key) == 0 then return 0 end
+  redis.call('HSET', key, 'outcome', outcome)
+  if expires_at_s ~= '' then
+    redis.call('HSET', key, 'expires_at', expires_at_s)
+    redis.call('PEXPIRE', key, ttl_ms)
+  end
+  return 1
+end
 """
 
 # KEYS: dedup hash. ARGV: outcome, expires_at_s or '', ttl_ms or ''.
-RECORD_OUTCOME = """
-if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
-redis.call('HSET', KEYS[1], 'outcome', ARGV[1])
-if ARGV[2] ~= '' then
-  redis.call('HSET', KEYS[1], 'expires_at', ARGV[2])
-  redis.call('PEXPIRE', KEYS[1], ARGV[3])
+RECORD_OUTCOME = _RECORD_OUTCOME + "return record_outcome(KEYS[1], ARGV[1], ARGV[2], ARGV[3])\n"
+
+# entity_seq(entity counter, seq) -> {verdict, expected}. rules.entity_decision.
+_ENTITY_SEQ = """
+local function entity_seq(key, seq_text)
+  local last = tonumber(redis.call('GET', key) or '0')
+  local seq = tonumber(seq_text)
+  if seq == last + 1 then
+    redis.call('SET', key, seq_text)
+    return {'apply', seq + 1}
+  end
+  if seq <= last then return {'duplicate', last + 1} end
+  return {'gap', last + 1}
 end
-return 1
 """
 
-# KEYS: entity counter. ARGV: seq. rules.entity_decision.
-ENTITY_SEQ = """
-local last = tonumber(redis.call('GET', KEYS[1]) or '0')
-local seq = tonumber(ARGV[1])
-if seq == last + 1 then
-  redis.call('SET', KEYS[1], ARGV[1])
-  return {'apply', seq + 1}
-end
-if seq <= last then return {'duplicate', last + 1} end
-return {'gap', last + 1}
-"""
+# KEYS: entity counter. ARGV: seq.
+ENTITY_SEQ = _ENTITY_SEQ + "return entity_seq(KEYS[1], ARGV[1])\n"
 
 # KEYS: entity seq. ARGV: the applied seq to undo.
 RELEASE_ENTITY_SEQ = """
@@ -69,17 +95,25 @@ redis.call('SET', KEYS[1], tonumber(ARGV[1]) - 1)
 return 1
 """
 
-# KEYS: event stream, seq counter, notice channel. ARGV: body, at_s, replica id, user.
-# The counter gives the seq; the stream entry's ID is "<seq>-0". PERSIST undoes the
-# idle expiry TRIM_EVENTS may have set, since the log has a fresh event now. The
+# append_event(event stream, seq counter, notice channel, body, at_s, replica id, user)
+# -> seq. The counter gives the seq; the stream entry's ID is "<seq>-0". PERSIST undoes
+# the idle expiry TRIM_EVENTS may have set, since the log has a fresh event now. The
 # notice "<replica> <seq> <user>" wakes the user's subscribers on the other replicas.
-APPEND_EVENT = """
-local seq = redis.call('INCR', KEYS[2])
-redis.call('XADD', KEYS[1], string.format('%d-0', seq), 'at', ARGV[2], 'body', ARGV[1])
-redis.call('PERSIST', KEYS[1])
-redis.call('PUBLISH', KEYS[3], ARGV[3] .. ' ' .. seq .. ' ' .. ARGV[4])
-return seq
+_APPEND_EVENT = """
+local function append_event(stream, counter, channel, body, at_s, replica, user)
+  local seq = redis.call('INCR', counter)
+  redis.call('XADD', stream, string.format('%d-0', seq), 'at', at_s, 'body', body)
+  redis.call('PERSIST', stream)
+  redis.call('PUBLISH', channel, replica .. ' ' .. seq .. ' ' .. user)
+  return seq
+end
 """
+
+# KEYS: event stream, seq counter, notice channel. ARGV: body, at_s, replica id, user.
+APPEND_EVENT = (
+    _APPEND_EVENT
+    + "return append_event(KEYS[1], KEYS[2], KEYS[3], ARGV[1], ARGV[2], ARGV[3], ARGV[4])\n"
+)
 
 # KEYS: event stream. ARGV: max_len, cutoff_s (rules.age_cutoff_s).
 # By size (MAXLEN), then by age up to the first young-enough entry (MINID), so no hole.
@@ -255,16 +289,119 @@ redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
 return 1
 """
 
-# KEYS: the in-flight message's hash, the in-flight index, its back-end's queue stream.
-# ARGV: in-flight id, requeue (1/0), now_s. Forget it, or move it into the queue; returns
-# the queue entry id, or "" (also for an id that is gone).
-SETTLE_INFLIGHT = """
-local f = redis.call('HGETALL', KEYS[1])
-redis.call('DEL', KEYS[1])
-redis.call('ZREM', KEYS[2], ARGV[1])
-if #f == 0 or ARGV[2] ~= '1' then return '' end
-local fields = {}
-for i = 1, #f, 2 do fields[f[i]] = f[i + 1] end
-return redis.call('XADD', KEYS[3], '*', 'message_id', fields['message_id'],
-  'body', fields['body'], 'enqueued_at', ARGV[3])
+# track_inflight(in-flight hash, in-flight index, in-flight id, message_id, backend, body,
+# until_s): keep a message in flight until its lease ends at until_s.
+_TRACK_INFLIGHT = """
+local function track_inflight(hash, index, id, message_id, backend, body, until_s)
+  redis.call('HSET', hash, 'message_id', message_id, 'backend', backend, 'body', body)
+  redis.call('ZADD', index, until_s, id)
+end
 """
+
+# KEYS: the in-flight message's hash, the in-flight index.
+# ARGV: in-flight id, message_id, backend, body, until_s.
+TRACK_INFLIGHT = (
+    _TRACK_INFLIGHT
+    + "track_inflight(KEYS[1], KEYS[2], ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5])\nreturn 1\n"
+)
+
+# settle_inflight(in-flight hash, in-flight index, queue stream, in-flight id, requeue,
+# now_s): forget it, or with requeue '1' move it into its back-end's queue stream; returns
+# the queue entry id, or "" (also for an id that is gone).
+_SETTLE_INFLIGHT = """
+local function settle_inflight(hash, index, queue, id, requeue, now_s)
+  local f = redis.call('HGETALL', hash)
+  redis.call('DEL', hash)
+  redis.call('ZREM', index, id)
+  if #f == 0 or requeue ~= '1' then return '' end
+  local fields = {}
+  for i = 1, #f, 2 do fields[f[i]] = f[i + 1] end
+  return redis.call('XADD', queue, '*', 'message_id', fields['message_id'],
+    'body', fields['body'], 'enqueued_at', now_s)
+end
+"""
+
+# KEYS: the in-flight message's hash, the in-flight index, its back-end's queue stream.
+# ARGV: in-flight id, requeue (1/0), now_s.
+SETTLE_INFLIGHT = (
+    _SETTLE_INFLIGHT
+    + "return settle_inflight(KEYS[1], KEYS[2], KEYS[3], ARGV[1], ARGV[2], ARGV[3])\n"
+)
+
+# fill_work(before, after, seq) and fill_outcome(prefix, final, seq): WorkTemplate.fill and
+# OutcomeTemplate.fill (gateway.store.records), byte for byte. Redis's Lua numbers are
+# doubles, whose integers are exact up to 2^53, far beyond any seq or length here: the
+# varint is plain arithmetic, and %d prints the seq in full (tostring could use an exponent).
+_FILL = (
+    f"local MESSAGE_TAG, SEQ_TAG = string.char({MESSAGE_TAG[0]}), string.char({SEQ_TAG[0]})\n"
+    + (
+        """
+local function varint(n)
+  local out = {}
+  while n >= 128 do
+    out[#out + 1] = string.char(n % 128 + 128)
+    n = math.floor(n / 128)
+  end
+  out[#out + 1] = string.char(n)
+  return table.concat(out)
+end
+local function fill_work(before, after, seq)
+  return before .. string.format('%d', seq) .. after
+end
+local function fill_outcome(prefix, final, seq)
+  local tail = SEQ_TAG .. varint(seq)
+  return prefix .. MESSAGE_TAG .. varint(#final + #tail) .. final .. tail
+end
+"""
+    )
+)
+
+# Store.admit. KEYS: dedup hash, entity counter, event stream, seq counter, notice channel,
+# in-flight hash, in-flight index. ARGV: has a key (1/0), body_hash, now_s, expires_at_s,
+# hold ttl_ms, entity seq (0: not ordered), event body, replica id, user, in-flight id,
+# message_id, backend, work before, work after, lease until_s.
+# Returns {dedup status, outcome, entity verdict, expected, seq}: false for a step not
+# taken, seq 0 when the message was not taken in. A GAP drops the key it held.
+ADMIT = (
+    _REMEMBER
+    + _ENTITY_SEQ
+    + _APPEND_EVENT
+    + _TRACK_INFLIGHT
+    + _FILL
+    + """
+local dedup = {false, false}
+if ARGV[1] == '1' then
+  dedup = remember(KEYS[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5])
+  if dedup[1] ~= 'new' then return {dedup[1], dedup[2], false, false, 0} end
+end
+local decision = {false, false}
+if ARGV[6] ~= '0' then
+  decision = entity_seq(KEYS[2], ARGV[6])
+  if decision[1] == 'gap' and ARGV[1] == '1' then redis.call('DEL', KEYS[1]) end
+  if decision[1] ~= 'apply' then return {dedup[1], dedup[2], decision[1], decision[2], 0} end
+end
+local seq = append_event(KEYS[3], KEYS[4], KEYS[5], ARGV[7], ARGV[3], ARGV[8], ARGV[9])
+local body = fill_work(ARGV[13], ARGV[14], seq)
+track_inflight(KEYS[6], KEYS[7], ARGV[10], ARGV[11], ARGV[12], body, ARGV[15])
+return {dedup[1], dedup[2], decision[1], decision[2], seq}
+"""
+)
+
+# Store.complete. KEYS: event stream, seq counter, notice channel, dedup hash, in-flight
+# hash, in-flight index. ARGV: event body, now_s, replica id, user, has an outcome (1/0),
+# outcome prefix, final reply, expires_at_s, ttl_ms, in-flight id ('' for none).
+# Returns the seq of the final reply.
+COMPLETE = (
+    _APPEND_EVENT
+    + _RECORD_OUTCOME
+    + _SETTLE_INFLIGHT
+    + _FILL
+    + """
+local seq = append_event(KEYS[1], KEYS[2], KEYS[3], ARGV[1], ARGV[2], ARGV[3], ARGV[4])
+if ARGV[5] == '1' then
+  record_outcome(KEYS[4], fill_outcome(ARGV[6], ARGV[7], seq), ARGV[8], ARGV[9])
+end
+if ARGV[10] ~= '' then settle_inflight(KEYS[5], KEYS[6], false, ARGV[10], '0', ARGV[2]) end
+return seq
+"""
+)

@@ -261,7 +261,7 @@ class Database:
                 if decision.verdict is not EntityVerdict.APPLY:
                     return Admitted(dedup, decision)
             seq = self.append_event(intake.user, intake.event, now_s)
-            body = intake.work(seq)
+            body = intake.work.fill(seq)
             until_s = now_s + intake.lease_s
             inflight = self.track_inflight(intake.message_id, intake.backend, body, until_s)
             return Admitted(dedup, decision, seq, inflight)
@@ -271,7 +271,7 @@ class Database:
         with _immediate(self._db):
             seq = self.append_event(completion.user, completion.event, now_s)
             if completion.key and completion.outcome is not None:
-                outcome = completion.outcome(seq)
+                outcome = completion.outcome.fill(seq)
                 self.record_outcome(completion.key, outcome, now_s + completion.ttl_s)
             if completion.inflight:
                 self.settle_inflight(completion.inflight, False, now_s)

@@ -8,6 +8,7 @@ waited for on a condition with a deadline.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import itertools
 import sqlite3
 import time
@@ -19,14 +20,20 @@ from typing import Any, TypeVar
 import pytest
 from redis.asyncio import Redis
 
+from dialog.v1 import message_pb2
+from gateway.delivery import QueuedWork
+from gateway.idempotency import Outcome
 from gateway.store import (
     Completion,
     DedupStatus,
     EntityDecision,
     EntityVerdict,
     Intake,
+    OutcomeTemplate,
     Store,
+    WorkTemplate,
 )
+from gateway.store import redis_scripts as lua
 from gateway.store.redis import RedisStore
 from gateway.store.rules import NOT_ACKNOWLEDGED
 from gateway.store.sqlite import DB_NAME, SQLiteStore
@@ -150,6 +157,14 @@ async def rh(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Ha
     await harness.close()
 
 
+@pytest.fixture
+async def sh(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Harness]:
+    harness = await _harness("sqlite", request, tmp_path)
+    harness.store = await harness.open()
+    yield harness
+    await harness.close()
+
+
 async def eventually(probe: Callable[[], Awaitable[T]], what: str, timeout_s: float = 5.0) -> T:
     """Poll ``probe`` until it returns something truthy, failing after ``timeout_s``."""
     deadline = time.monotonic() + timeout_s
@@ -186,7 +201,7 @@ def intake(msg_id: str, **fields: Any) -> Intake:
             "event": b"event:" + msg_id.encode(),
             "message_id": msg_id,
             "backend": "chat",
-            "work": lambda seq: b"work:%d" % seq,
+            "work": WorkTemplate(b"work:", b"."),
             "lease_s": LEASE_S,
             **fields,
         }
@@ -205,7 +220,7 @@ async def test_admit_takes_a_message_in_holding_its_key(h: Harness) -> None:
     # The in-flight record's body was made with the seq the log gave.
     h.clock.advance(LEASE_S + 1)
     assert await s.requeue_stale_inflight(10) == 1
-    assert [m.body for m in await s.claim("chat", "c1", 10, 30)] == [b"work:2"]
+    assert [m.body for m in await s.claim("chat", "c1", 10, 30)] == [b"work:2."]
     # Its key is held: a repeat is a replay (pending), another body a conflict.
     repeat = await s.admit(intake("m1", key="k1", body_hash="h", hold_s=60))
     assert not repeat.taken and repeat.dedup is not None and repeat.dedup.pending
@@ -236,16 +251,20 @@ async def test_admit_applies_entity_order(h: Harness) -> None:
     assert await s.last_event_seq("alice") == 3
 
 
-async def test_admit_undoes_its_steps_when_one_fails(h: Harness) -> None:
-    s = h.store
-
-    def broken(seq: int) -> bytes:
+class BrokenWork(WorkTemplate):
+    def fill(self, seq: int) -> bytes:
         raise RuntimeError("no body")
 
+
+async def test_sqlite_admit_undoes_its_steps_when_one_fails(sh: Harness) -> None:
+    # Redis fills the template in its script (its steps cannot fail halfway).
+    s = sh.store
+    broken = BrokenWork(b"", b"")
     with pytest.raises(RuntimeError):
         await s.admit(
             intake("b1", key="kb1", body_hash="h", hold_s=60, entity="e", entity_seq=1, work=broken)
         )
+    assert await s.last_event_seq("alice") == 0
     # The key and the entity seq were given back: the same message is taken in now.
     retried = await s.admit(
         intake("b1", key="kb1", body_hash="h", hold_s=60, entity="e", entity_seq=1)
@@ -253,6 +272,9 @@ async def test_admit_undoes_its_steps_when_one_fails(h: Harness) -> None:
     assert retried.taken and retried.dedup is not None
     assert retried.dedup.status is DedupStatus.NEW
     assert retried.entity == EntityDecision(EntityVerdict.APPLY, 2)
+
+
+OUTCOME = OutcomeTemplate(b"prefix", b"final")
 
 
 async def test_complete_logs_the_final_reply_records_the_outcome_and_settles(h: Harness) -> None:
@@ -263,7 +285,7 @@ async def test_complete_logs_the_final_reply_records_the_outcome_and_settles(h: 
             "alice",
             b"final",
             key="kc1",
-            outcome=lambda seq: b"outcome:%d" % seq,
+            outcome=OUTCOME,
             ttl_s=600,
             inflight=taken.inflight,
         )
@@ -271,13 +293,78 @@ async def test_complete_logs_the_final_reply_records_the_outcome_and_settles(h: 
     assert seq == taken.seq + 1
     page = await s.events_after("alice", taken.seq, 10)
     assert [(e.seq, e.body) for e in page.events] == [(seq, b"final")]
-    assert await s.outcome("kc1") == b"outcome:%d" % seq
+    assert await s.outcome("kc1") == OUTCOME.fill(seq)
     h.clock.advance(LEASE_S + 1)
     assert await s.requeue_stale_inflight(10) == 0  # settled: nothing to requeue
     h.clock.advance(600 - LEASE_S - 2)
     assert await s.outcome("kc1") is not None  # kept for ttl_s
     # Without a key or an in-flight record, it only logs.
     assert await s.complete(Completion("alice", b"event")) == seq + 1
+
+
+def queued_work(**fields: Any) -> QueuedWork:
+    message = message_pb2.Message(id="w1", role=message_pb2.ROLE_USER, seq=4)
+    message.content.type = "text"
+    message.content.text = "line one\nline two"
+    message.context.entity = "list"
+    return QueuedWork(
+        **{
+            "user": "alice",
+            "client": "cert:laptop",
+            "key": "5:alice:w1",
+            "entity": "5:alice:list",
+            "log_seq": 0,
+            "message": message,
+            **fields,
+        }
+    )
+
+
+def reply(text: str, kind: str = "text") -> message_pb2.Message:
+    out = message_pb2.Message(id=f"r-{text}", role=message_pb2.ROLE_ASSISTANT)
+    out.content.type = kind
+    out.content.text = text
+    out.context.reply_to = "w1"
+    out.timestamp.seconds = 1_700_000_000
+    return out
+
+
+@pytest.mark.parametrize("earlier", [0, 9, 127])
+async def test_admit_gives_the_in_flight_body_its_log_seq(h: Harness, earlier: int) -> None:
+    s = h.store
+    for i in range(earlier):
+        await s.append_event("alice", b"earlier %d" % i)
+    traced = {"traceparent": "00-" + "ab" * 16 + "-" + "cd" * 8 + "-01", "tracestate": "v=1"}
+    for n, work in enumerate([queued_work(), queued_work(key="", **traced)], 1):
+        taken = await s.admit(intake(f"w{n}", work=work.template()))
+        assert taken.seq == earlier + n
+        assert await s.settle_inflight(taken.inflight, requeue=True)
+        [queued] = await s.claim("chat", "c1", 10, 30)
+        await s.ack("chat", queued.entry_id)
+        expected = dataclasses.replace(work, log_seq=taken.seq)
+        assert queued.body == expected.encode()
+        assert QueuedWork.decode(queued.body) == expected
+
+
+@pytest.mark.parametrize("earlier", [0, 126, 127])
+async def test_complete_gives_the_outcome_the_final_reply_seq(h: Harness, earlier: int) -> None:
+    s = h.store
+    for i in range(earlier):
+        await s.append_event("alice", b"earlier %d" % i)
+    stored = queued_work(log_seq=earlier + 1).logged()
+    taken = await s.admit(intake("w1", key="kw", body_hash="h", hold_s=60))
+    before = [reply("delta", kind="delta"), reply("note")]
+    final = reply("done")
+    outcome = Outcome.template(stored, before, final)
+    seq = await s.complete(
+        Completion("alice", final.SerializeToString(), "kw", outcome, 600, taken.inflight)
+    )
+    assert seq == earlier + 2
+    repeat = await s.remember("kw", "h", 60)
+    assert repeat.status is DedupStatus.REPLAY and repeat.outcome == outcome.fill(seq)
+    final.seq = seq
+    assert Outcome.decode(repeat.outcome) == Outcome.of(stored, [*before, final])
+    assert [m.seq for m in Outcome.decode(repeat.outcome).replies] == [0, seq]
 
 
 async def test_a_key_expires_after_its_ttl(h: Harness) -> None:
@@ -643,14 +730,71 @@ async def test_redis_keys_stay_under_the_prefix(rh: Harness) -> None:
     await s.enqueue("m", "chat", b"x")
     await s.rate_acquire("r", 1, 1, START_S)
     await s.conn_open("u", 1)
+    taken = await s.admit(intake("m"))
+    await s.complete(Completion("alice", b"final", inflight=taken.inflight))
     client = Redis.from_url(rh.server.url)
     try:
         keys = {k.decode() async for k in client.scan_iter(match=f"{rh.prefix}*")}
+        assert not [k for k in keys if k.endswith(":-")]  # placeholders, never touched
         assert {k.removeprefix(rh.prefix).split(":")[0] for k in keys} >= {
             "dedup", "entity", "events", "evseq", "queue", "rate", "conn", "replicas",
         }  # fmt: skip
         entries: Any = await client.xrange(f"{rh.prefix}events:u")
         assert [entry_id for entry_id, _ in entries] == [b"1-0"]
+    finally:
+        await client.aclose()
+
+
+SEQS = [*range(300), 16383, 16384, 2**21 - 1, 2**21, 2**28, 2**35, 2**40, 2**49, 2**53]
+
+
+async def test_redis_fills_templates_as_python_does(rh: Harness) -> None:
+    assert isinstance(rh, RedisHarness)
+    work = WorkTemplate(b'{"user": "a", "log_seq": ', b"}\n\x00\xff")
+    outcome = OutcomeTemplate(b"\x0a\x02\x08\x01", b"\x0a\x01x" * 70)
+    fill = (
+        lua._FILL
+        + """
+local out = {}
+for i = 3, #ARGV do
+  local seq = tonumber(ARGV[i])
+  table.insert(out, fill_work(ARGV[1], ARGV[2], seq))
+  table.insert(out, fill_outcome(ARGV[1], ARGV[2], seq))
+end
+return out
+"""
+    )
+    client = Redis.from_url(rh.server.url)
+    try:
+        for template, index in ((work, 0), (outcome, 1)):
+            first, second = dataclasses.astuple(template)
+            out: Any = await client.eval(fill, 0, first, second, *SEQS)
+            assert out[index::2] == [template.fill(seq) for seq in SEQS]
+    finally:
+        await client.aclose()
+
+
+async def test_redis_admit_and_complete_fill_seqs_past_one_byte(rh: Harness) -> None:
+    assert isinstance(rh, RedisHarness)
+    client = Redis.from_url(rh.server.url)
+    try:
+        for last in (16382, 2**40 - 2):
+            await client.set(f"{rh.prefix}evseq:alice", last)
+            work = queued_work()
+            taken = await rh.store.admit(
+                intake(f"m{last}", key=f"k{last}", body_hash="h", hold_s=60, work=work.template())
+            )
+            assert taken.seq == last + 1
+            body = await client.hget(f"{rh.prefix}inflight:{taken.inflight}", "body")
+            assert body == dataclasses.replace(work, log_seq=last + 1).encode()
+            stored, final = work.logged(), reply("done")
+            template = Outcome.template(stored, [], final)
+            completion = Completion("alice", b"final", f"k{last}", template, 600, taken.inflight)
+            assert await rh.store.complete(completion) == last + 2
+            recorded = await rh.store.outcome(f"k{last}")
+            assert recorded == template.fill(last + 2)
+            final.seq = last + 2
+            assert Outcome.decode(recorded) == Outcome.of(stored, [final])
     finally:
         await client.aclose()
 
