@@ -209,8 +209,33 @@ class Drain:
             if self._work == 0:
                 self._idle.set()
 
+    @contextlib.asynccontextmanager
+    async def work(self) -> AsyncIterator[None]:
+        """One unit of work in flight (a call awaiting its one answer), counted like
+        ``bounded``'s items; at the work deadline the block is cancelled and raises
+        ``Draining``."""
+        self._work += 1
+        self._idle.clear()
+        timeout = asyncio.timeout_at(self._work_deadline())
+        try:
+            async with timeout:
+                self._work_waits.add(timeout)
+                yield
+        except TimeoutError:
+            if not timeout.expired():
+                raise
+            metrics.DRAIN_CANCELLED.inc()
+            raise Draining(UNFINISHED) from None
+        finally:
+            self._work_waits.discard(timeout)
+            self._work -= 1
+            if self._work == 0:
+                self._idle.set()
+
     def _work_deadline(self) -> float | None:
         """When waits for replies are cancelled: None before ``begin``."""
+        if self._deadline is None:
+            return None
         return self._until(close_margin_s(self.timeout_s))
 
     def _until(self, margin_s: float) -> float | None:

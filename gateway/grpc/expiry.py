@@ -1,12 +1,13 @@
-"""Streams that end when the caller's token does."""
+"""Streams and calls that end when the caller's token does."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from typing import TypeVar
 
 from gateway.errors import Unauthenticated
+from gateway.lifecycle import Drain
 
 T = TypeVar("T")
 
@@ -24,3 +25,17 @@ async def until_expiry(items: AsyncIterator[T], deadline: float) -> AsyncIterato
         except TimeoutError:
             raise Unauthenticated("token expired") from None
         yield item
+
+
+async def one_answer(call: Awaitable[T], drain: Drain, expiry: float) -> T:
+    """``call``'s result, awaited as one unit of work in flight for ``drain`` (cancelled at
+    its work deadline: ``Draining``) and until ``expiry``, the token's, in loop time
+    (``Unauthenticated``)."""
+    expiring = asyncio.timeout_at(expiry)
+    try:
+        async with expiring, drain.work():
+            return await call
+    except TimeoutError:
+        if expiring.expired():
+            raise Unauthenticated("token expired") from None
+        raise

@@ -20,9 +20,10 @@ Each call, in order:
 6. the back-end's circuit breaker: while it is open, UNAVAILABLE without touching the network;
 7. the relay, over the back-end's mutual-TLS channel (``BackendPool.channels``). Messages are
    raw bytes both ways, never decoded. gRPC's framing is the same for the four kinds of call,
-   so one relay serves them all: requests flow to the back-end as the client sends them,
-   responses to the client as the back-end sends them, and the kind of call stays a contract
-   between the two ends.
+   so one relay serves them all (``StreamRelay``): requests flow to the back-end as the client
+   sends them, responses to the client as the back-end sends them, and the kind of call stays
+   a contract between the two ends. A method that a merged descriptor says is unary takes a
+   shorter way (``UnaryRelay``), the same on the wire: one request, one response or status.
 
 Metadata to the back-end: only the names in ``FORWARDED_METADATA`` and the back-end's
 ``forward_metadata``, values as they came (``-bin`` values as bytes); then ``x-dialog-user``,
@@ -37,8 +38,9 @@ a child of the client's ``traceparent``/``tracestate`` metadata; the back-end co
 trace from the metadata it receives. A call to a service no back-end serves has no span
 (its name is the client's to choose, so unbounded).
 
-Metadata back: the back-end's response headers as soon as they arrive, then its status code,
-details and trailers as they are (``grpc-status-details-bin`` included).
+Metadata back: the back-end's response headers as soon as they arrive (a unary call's with
+its response or status), then its status code, details and trailers as they are
+(``grpc-status-details-bin`` included).
 
 Deadlines and cancellation: the outgoing call's timeout is what the incoming call has left;
 without a deadline, a unary call gets the back-end's ``timeout_ms`` and any other none. Every
@@ -59,7 +61,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any, TypeAlias
+from typing import Any, Protocol, TypeAlias, TypeVar
 
 import grpc
 from opentelemetry.trace import Span
@@ -77,9 +79,9 @@ from gateway.errors import (
 )
 from gateway.grpc.descriptors import CallKind, Catalog
 from gateway.grpc.errors import Context, abort, status_of
-from gateway.grpc.expiry import until_expiry
+from gateway.grpc.expiry import one_answer, until_expiry
 from gateway.grpc.peer import client_cert_identity
-from gateway.lifecycle import REFUSED, Phase
+from gateway.lifecycle import REFUSED, Drain, Phase
 from gateway.service import DialogService
 from gateway.upstream import CLIENT_METADATA_KEY, USER_METADATA_KEY, BackendPool
 
@@ -102,6 +104,7 @@ SINGLE_RESPONSE = frozenset({CallKind.UNARY, CallKind.CLIENT_STREAM})
 # Subscriptable in the type stubs only.
 Handler: TypeAlias = "grpc.RpcMethodHandler[Any, Any]"
 Metadata: TypeAlias = tuple[tuple[str, str | bytes], ...]
+C = TypeVar("C", bound=grpc.aio.Call)
 
 
 def split_method(path: str) -> tuple[str, str] | None:
@@ -167,33 +170,46 @@ class BackendProxy(grpc.GenericRpcHandler):  # type: ignore[type-arg]
         self._catalog = catalog
 
     def service(self, handler_call_details: grpc.HandlerCallDetails) -> Handler:
-        path = handler_call_details.method
-
-        async def relay(requests: AsyncIterator[bytes], context: Context) -> None:
-            await self._handle(path, requests, context)
+        route = self._route(handler_call_details.method)
+        kind = route.kind if route is not None else None
+        drain = self._service.drain
 
         # No (de)serializers: messages stay bytes.
+        if kind is CallKind.UNARY:
+
+            async def unary(request: bytes, context: Context) -> bytes | None:
+                return await self._handle(route, context, UnaryRelay(request, drain))
+
+            return grpc.unary_unary_rpc_method_handler(unary)
+
+        async def relay(requests: AsyncIterator[bytes], context: Context) -> None:
+            await self._handle(route, context, StreamRelay(requests, kind, drain))
+
         return grpc.stream_stream_rpc_method_handler(relay)
 
     def _route(self, path: str) -> Route | None:
         """The route of a call to ``path``, or None when no back-end serves its service."""
         catalog = self._catalog()
         target = split_method(path)
-        backend = catalog.backend_of(target[0]) if target else None
+        name = catalog.backend_of(target[0]) if target else None
+        backend = self._service.pool.configs.get(name) if name else None
         if target is None or backend is None:
             return None
-        kind = catalog.kind_of(*target)
-        return Route(path, *target, self._service.pool.configs[backend], kind)
+        return Route(path, *target, backend, catalog.kind_of(*target))
 
-    async def _handle(self, path: str, requests: AsyncIterator[bytes], context: Context) -> None:
+    async def _handle(
+        self, route: Route | None, context: Context, relay: Relay[Any]
+    ) -> bytes | None:
+        """Admit and relay one call, then end it as the back-end did; an error of the
+        gateway's own aborts it instead."""
         started = time.monotonic()
-        route = self._route(path)
         if route is not None:
             metrics.GRPC_STARTED.labels(*route.labels).inc()
         span = self._span(route, context)
         code = grpc.StatusCode.CANCELLED  # the client went away, unless the call ends otherwise
         try:
-            code = await self._call(route, requests, context, span)
+            ending = await self._call(route, context, span, relay)
+            code = ending.code
         except DialogError as exc:
             code = status_of(exc)
             await abort(context, exc)
@@ -208,6 +224,7 @@ class BackendProxy(grpc.GenericRpcHandler):  # type: ignore[type-arg]
                     time.monotonic() - started, exemplar=tracing.exemplar(span)
                 )
             spans.end_rpc(span, code.name)
+        return await relay.end(context, ending)  # (``abort`` raises: the call has its ending)
 
     def _span(self, route: Route | None, context: Context) -> Span:
         """The call's server span (see the module docstring): a non-recording one, which
@@ -218,8 +235,8 @@ class BackendProxy(grpc.GenericRpcHandler):  # type: ignore[type-arg]
         return spans.grpc_server_span(tracer, method, metadata, context.peer(), service=service)
 
     async def _call(
-        self, route: Route | None, requests: AsyncIterator[bytes], context: Context, span: Span
-    ) -> grpc.StatusCode:
+        self, route: Route | None, context: Context, span: Span, relay: Relay[Any]
+    ) -> Ending:
         """Admit the call (drain, token, route, scopes, rate), then relay it."""
         self._service.drain.check()
         identity = await self._service.authenticate(
@@ -238,26 +255,21 @@ class BackendProxy(grpc.GenericRpcHandler):  # type: ignore[type-arg]
             raise
         with self._service.hold_inflight(SURFACE):
             await self._service.rate_limit(identity, SURFACE)
-            return await self._relay(route, identity, requests, context, span)
+            return await self._relay(route, identity, context, span, relay)
 
     async def _relay(
-        self,
-        route: Route,
-        identity: Identity,
-        requests: AsyncIterator[bytes],
-        context: Context,
-        span: Span,
-    ) -> grpc.StatusCode:
-        """Relay one admitted call; its status (the back-end's) is set on ``context``."""
-        service, pool = self._service, self._service.pool
+        self, route: Route, identity: Identity, context: Context, span: Span, relay: Relay[C]
+    ) -> Ending:
+        """Relay one admitted call (``relay``: the step of its kind); the back-end's ending."""
+        pool = self._service.pool
         name = route.backend.name
         remaining_s = context.time_remaining()
         breaker = BreakerReport(pool, name)
-        # No (de)serializers: messages stay bytes.
-        call = pool.channels[name].stream_stream(route.path, None, None)(
-            requests,
-            timeout=outgoing_timeout_s(remaining_s, route.kind, route.backend),
-            metadata=outgoing_metadata(
+        call = relay.start(
+            pool.channels[name],
+            route.path,
+            outgoing_timeout_s(remaining_s, route.kind, route.backend),
+            outgoing_metadata(
                 context.invocation_metadata() or (),
                 allowed_metadata(pool.configs[name]),
                 identity,
@@ -265,58 +277,156 @@ class BackendProxy(grpc.GenericRpcHandler):  # type: ignore[type-arg]
             ),
         )
         try:
-            responses = until_expiry(
-                self._responses(call, context, breaker),
-                asyncio.get_running_loop().time() + service.remaining_s(identity),
-            )
-            if route.kind in SINGLE_RESPONSE:
-                responses = service.drain.bounded(responses)
-            else:
-                responses = service.drain.until(Phase.CLOSING, responses)
-            code, trailers, details = await self._send(call, responses, context)
-            breaker.settle(call_outcome(code, client_deadline=remaining_s is not None))
+            expiry = asyncio.get_running_loop().time() + self._service.remaining_s(identity)
+            ending = await relay.finish(call, context, breaker, expiry)
+            breaker.settle(call_outcome(ending.code, client_deadline=remaining_s is not None))
         finally:
             call.cancel()
             breaker.settle(Outcome.ABANDONED)  # unless settled before
-        context.set_trailing_metadata(trailers)
-        if code is not grpc.StatusCode.OK:
-            context.set_code(code)
-            context.set_details(details)
-        return code
+        return ending
+
+
+@dataclass(frozen=True)
+class Ending:
+    """How the back-end ended a call: its status, and a unary call's response."""
+
+    code: grpc.StatusCode
+    details: str
+    trailers: Metadata
+    response: bytes | None = None
+
+
+class Relay(Protocol[C]):
+    """The step that differs between kinds of call: start the back-end call (``C``),
+    relay it until it ends (within the token's ``expiry``, loop time), and end the
+    client's call as the back-end did (the handler's result)."""
+
+    def start(
+        self, channel: grpc.aio.Channel, path: str, timeout: float | None, metadata: Metadata
+    ) -> C: ...
+
+    async def finish(
+        self, call: C, context: Context, breaker: BreakerReport, expiry: float
+    ) -> Ending: ...
+
+    async def end(self, context: Context, ending: Ending) -> bytes | None: ...
+
+
+class StreamRelay:
+    """Any call, as a stream both ways: requests flow to the back-end as the client sends
+    them, responses to the client as the back-end sends them."""
+
+    def __init__(self, requests: AsyncIterator[bytes], kind: CallKind | None, drain: Drain):
+        self._requests = requests
+        self._kind = kind
+        self._drain = drain
+
+    def start(
+        self, channel: grpc.aio.Channel, path: str, timeout: float | None, metadata: Metadata
+    ) -> grpc.aio.StreamStreamCall[bytes, bytes]:
+        call = channel.stream_stream(path, None, None)
+        return call(self._requests, timeout=timeout, metadata=metadata)
+
+    async def finish(
+        self,
+        call: grpc.aio.StreamStreamCall[bytes, bytes],
+        context: Context,
+        breaker: BreakerReport,
+        expiry: float,
+    ) -> Ending:
+        responses = until_expiry(self._responses(call, context, breaker), expiry)
+        if self._kind in SINGLE_RESPONSE:
+            responses = self._drain.bounded(responses)
+        else:
+            responses = self._drain.until(Phase.CLOSING, responses)
+        return await self._send(call, responses, context)
+
+    async def end(self, context: Context, ending: Ending) -> None:
+        context.set_trailing_metadata(ending.trailers)
+        if ending.code is not grpc.StatusCode.OK:
+            context.set_code(ending.code)
+            context.set_details(ending.details)
 
     async def _send(
-        self, call: Any, responses: AsyncIterator[bytes], context: Context
-    ) -> tuple[grpc.StatusCode, Metadata, str]:
-        """Send ``responses`` to the client; the back-end call's status code, trailers and
-        details once it has ended."""
+        self,
+        call: grpc.aio.StreamStreamCall[bytes, bytes],
+        responses: AsyncIterator[bytes],
+        context: Context,
+    ) -> Ending:
+        """Send ``responses`` to the client; the back-end call's ending once it has ended."""
         try:
             async for message in responses:
                 await context.write(message)
             # The responses end early only when the drain closes (the wait for the next
             # one, cancelled, cancels the back-end call).
-            if self._service.drain.phase is Phase.CLOSING and (not call.done() or call.cancelled()):
+            if self._drain.phase is Phase.CLOSING and (not call.done() or call.cancelled()):
                 raise Draining(REFUSED)
-            code, trailers, details = (
-                await call.code(),
-                await call.trailing_metadata(),
-                await call.details(),
-            )
+            code, trailers = await call.code(), await call.trailing_metadata()
+            return Ending(code, await call.details() or "", pairs(trailers))
         except grpc.aio.AioRpcError as exc:
-            code, trailers, details = exc.code(), exc.trailing_metadata(), exc.details()
-        return code, tuple(trailers or ()), details or ""
+            return failed(exc)
 
     @staticmethod
     async def _responses(
-        call: Any, context: Context, breaker: BreakerReport
+        call: grpc.aio.StreamStreamCall[bytes, bytes], context: Context, breaker: BreakerReport
     ) -> AsyncIterator[bytes]:
         """The back-end's response headers, sent on as soon as they arrive, then its
         messages; a failed call raises ``grpc.aio.AioRpcError``."""
         headers = await call.initial_metadata()
         if not call.done() or await call.code() is grpc.StatusCode.OK:
             breaker.settle(Outcome.SUCCEEDED)  # the back-end answered
-            await context.send_initial_metadata(tuple(headers or ()))
+            await context.send_initial_metadata(pairs(headers))
         async for message in call:
             yield message
+
+
+class UnaryRelay:
+    """A unary call: its request to the back-end, then the back-end's response headers,
+    response, status and trailers, once it has answered."""
+
+    def __init__(self, request: bytes, drain: Drain):
+        self._request = request
+        self._drain = drain
+
+    def start(
+        self, channel: grpc.aio.Channel, path: str, timeout: float | None, metadata: Metadata
+    ) -> grpc.aio.UnaryUnaryCall[bytes, bytes]:
+        call = channel.unary_unary(path, None, None)
+        return call(self._request, timeout=timeout, metadata=metadata)
+
+    async def finish(
+        self,
+        call: grpc.aio.UnaryUnaryCall[bytes, bytes],
+        context: Context,
+        breaker: BreakerReport,
+        expiry: float,
+    ) -> Ending:
+        try:
+            response = await one_answer(call, self._drain, expiry)
+            headers, trailers = await call.initial_metadata(), await call.trailing_metadata()
+            ending = Ending(grpc.StatusCode.OK, "", pairs(trailers), response)
+        except grpc.aio.AioRpcError as exc:
+            headers, ending = exc.initial_metadata(), failed(exc)
+        if headers:  # sent before the response or status
+            await context.send_initial_metadata(pairs(headers))
+        return ending
+
+    async def end(self, context: Context, ending: Ending) -> bytes:
+        if ending.response is None:
+            # Not set_code and return None: grpc aio would send an empty message first.
+            await context.abort(ending.code, ending.details, ending.trailers)
+        context.set_trailing_metadata(ending.trailers)
+        return ending.response
+
+
+def pairs(metadata: Any) -> Metadata:
+    """Metadata as received (``grpc.aio.Metadata``, or None), as (key, value) pairs."""
+    return tuple(metadata or ())
+
+
+def failed(error: grpc.aio.AioRpcError) -> Ending:
+    """The ending of a back-end call that failed with ``error``."""
+    return Ending(error.code(), error.details() or "", pairs(error.trailing_metadata()))
 
 
 class BreakerReport:

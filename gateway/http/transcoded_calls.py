@@ -35,7 +35,7 @@ from gateway import spans
 from gateway.auth import Identity
 from gateway.breaker import Outcome
 from gateway.errors import DialogError, Draining, Internal
-from gateway.grpc.expiry import until_expiry
+from gateway.grpc.expiry import one_answer, until_expiry
 from gateway.grpc.proxy import (
     BreakerReport,
     Metadata,
@@ -81,13 +81,9 @@ async def call_unary(
         metadata=metadata,
     )
     deadline = asyncio.get_running_loop().time() + service.remaining_s(identity)
-
-    async def answer() -> AsyncIterator[bytes]:
-        yield await call
-
     allowed = allowed_metadata(pool.configs[name])
     try:
-        (raw,) = [raw async for raw in service.drain.bounded(until_expiry(answer(), deadline))]
+        raw = await one_answer(call, service.drain, deadline)
         breaker.settle(Outcome.SUCCEEDED)
         passed = _passed(await call.initial_metadata(), await call.trailing_metadata(), allowed)
     except grpc.aio.AioRpcError as exc:

@@ -5,6 +5,7 @@ real client, and a real back-end behind mutual TLS (``tests/support/probe.py``).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -15,8 +16,9 @@ from typing import Any
 import grpc
 import pytest
 from google.protobuf import descriptor_pool, message_factory
+from grpc_health.v1 import _async as probe_health
 from grpc_health.v1.health import aio as health_aio
-from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+from grpc_reflection.v1alpha import reflection, reflection_pb2, reflection_pb2_grpc
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
     ProtoReflectionDescriptorDatabase,
 )
@@ -27,7 +29,7 @@ from gateway.certs import create_dev_certs
 from gateway.config import BackendConfig, GatewayConfig, RoutesConfig
 from gateway.grpc.reflection import BackendReflection
 from gateway.grpc.server import build_grpc_server
-from gateway.lifecycle import Phase
+from gateway.lifecycle import UNFINISHED, Phase
 from gateway.service import DialogService
 from tests.support.probe import (
     BACKEND_SERVICE,
@@ -37,9 +39,11 @@ from tests.support.probe import (
     STATUS_DETAILS,
     TRAILER_BIN,
     TRAILER_BIN_VALUE,
+    Probe,
     ProbeTypes,
     RunningProbe,
     start_probe,
+    start_secure,
 )
 
 SECRET = "component-test-secret-component-test-secret"
@@ -285,7 +289,9 @@ async def test_a_deadline_that_passes_cancels_the_backend_call(
     with pytest.raises(grpc.aio.AioRpcError) as failed:
         await call
     assert failed.value.code() is grpc.StatusCode.DEADLINE_EXCEEDED
-    assert probe.probe.hold_timeout_s is not None and probe.probe.hold_timeout_s <= 1
+    # The back-end got the caller's deadline (gRPC rounds it up to its wire encoding's
+    # unit), not the back-end's timeout_ms (7 s).
+    assert probe.probe.hold_timeout_s is not None and probe.probe.hold_timeout_s < 1.5
     await asyncio.wait_for(probe.probe.cancelled.wait(), TIMEOUT_S)
 
 
@@ -400,6 +406,140 @@ async def test_the_drain_refuses_new_calls_and_ends_streams_when_it_closes(
         await asyncio.wait_for(chat.read(), TIMEOUT_S)
     assert ended.value.code() is grpc.StatusCode.UNAVAILABLE
     assert probe.probe.calls == ["Probe/Chat"]
+
+
+# --- the unary way: a method that reflection says is unary ------------------------------------
+
+
+async def start_trailing_probe(pki: Path) -> RunningProbe:
+    """A probe whose ``Echo`` also ends with the trailers ``x-probe-trailer-bin`` and
+    ``x-probe-trailer`` (its other methods are the probe's own)."""
+    probe = Probe("trailing", ProbeTypes.build())
+
+    async def echo(request: Any, context: Any) -> Any:
+        reply = await probe.echo(request, context)
+        context.set_trailing_metadata(((TRAILER_BIN, TRAILER_BIN_VALUE), ("x-probe-trailer", "t")))
+        return reply
+
+    handler = grpc.unary_unary_rpc_method_handler(
+        echo,
+        request_deserializer=probe.types.Request.FromString,
+        response_serializer=probe.types.Reply.SerializeToString,
+    )
+    server = grpc.aio.server()
+    server.add_generic_rpc_handlers(
+        (grpc.method_handlers_generic_handler(SERVICE, {"Echo": handler}), *probe.handlers())
+    )
+    health = probe_health.HealthServicer()
+    reflection.enable_server_reflection((SERVICE,), server, pool=probe.types.pool)
+    return await start_secure(server, health, probe, pki, cert="chat", port=0)
+
+
+async def test_a_unary_answer_carries_the_backends_headers_and_trailers(
+    start_gateway: StartGateway, pki: Path
+) -> None:
+    probe = await start_trailing_probe(pki)
+    try:
+        gateway = await start_gateway(backend_config(pki, "probe", probe.port))
+        call = gateway.probe("Echo")(request("hi"), metadata=gateway.auth(), timeout=TIMEOUT_S)
+        assert (await call).text == "hi"
+        assert (SERVED_BY, "trailing") in tuple(await call.initial_metadata())
+        trailers = tuple(await call.trailing_metadata())
+        assert (TRAILER_BIN, TRAILER_BIN_VALUE) in trailers
+        assert ("x-probe-trailer", "t") in trailers
+        assert await call.code() is grpc.StatusCode.OK
+    finally:
+        await probe.stop()
+
+
+async def test_an_error_answer_is_a_status_without_a_message(gateway: Gateway) -> None:
+    """As the back-end sent it: its headers, then its status, no message before it (a
+    client that reads the call as a stream would see one)."""
+    raw = gateway.channel.stream_stream(f"/{SERVICE}/Fail")
+    call = raw(
+        iter([request("gone", code=grpc.StatusCode.NOT_FOUND.value[0]).SerializeToString()]),
+        metadata=gateway.auth(),
+        timeout=TIMEOUT_S,
+    )
+    with pytest.raises(grpc.aio.AioRpcError) as failed:
+        await call.read()
+    assert failed.value.code() is grpc.StatusCode.NOT_FOUND
+    assert failed.value.details() == "gone"
+    assert (SERVED_BY, "probe") in tuple(failed.value.initial_metadata())
+    trailers = dict(failed.value.trailing_metadata() or ())
+    assert trailers[TRAILER_BIN] == TRAILER_BIN_VALUE
+    assert trailers["grpc-status-details-bin"] == STATUS_DETAILS
+
+
+async def test_a_call_without_a_deadline_ends_at_the_backends_timeout(
+    start_gateway: StartGateway, probe: RunningProbe, pki: Path
+) -> None:
+    backend = dataclasses.replace(backend_config(pki, "probe", probe.port), timeout_ms=300)
+    gateway = await start_gateway(backend)
+    with pytest.raises(grpc.aio.AioRpcError) as failed:
+        await gateway.probe("Hold")(request(), metadata=gateway.auth())
+    assert failed.value.code() is grpc.StatusCode.DEADLINE_EXCEEDED
+    await asyncio.wait_for(probe.probe.cancelled.wait(), TIMEOUT_S)
+    assert gateway.service.inflight == 0
+
+
+async def test_a_call_ends_when_the_callers_token_expires(
+    start_gateway: StartGateway, probe: RunningProbe, pki: Path
+) -> None:
+    gateway = await start_gateway(backend_config(pki, "probe", probe.port), jwt_leeway_s=0)
+    token = mint_token(SECRET, "alice", now_s=time.time(), ttl_s=2)
+    with pytest.raises(grpc.aio.AioRpcError) as expired:
+        await gateway.probe("Hold")(
+            request(), metadata=(("authorization", f"Bearer {token}"),), timeout=TIMEOUT_S
+        )
+    assert expired.value.code() is grpc.StatusCode.UNAUTHENTICATED
+    assert expired.value.details() == "token expired"
+    await asyncio.wait_for(probe.probe.cancelled.wait(), TIMEOUT_S)
+    assert gateway.service.inflight == 0
+
+
+async def test_the_drain_cancels_a_unary_call_still_waiting_at_its_work_deadline(
+    start_gateway: StartGateway, probe: RunningProbe, pki: Path
+) -> None:
+    gateway = await start_gateway(backend_config(pki, "probe", probe.port), drain_timeout_s=1)
+    before = sample("dialog_gateway_drain_cancelled_total")
+    call = gateway.probe("Hold")(request(), metadata=gateway.auth(), timeout=TIMEOUT_S)
+    await asyncio.wait_for(probe.probe.held.wait(), TIMEOUT_S)
+    drain = gateway.service.drain
+    drain.begin()
+    settled = asyncio.create_task(drain.settle())  # waits for the call: work in flight
+    with pytest.raises(grpc.aio.AioRpcError) as cut:
+        await call
+    assert cut.value.code() is grpc.StatusCode.UNAVAILABLE
+    assert cut.value.details() == UNFINISHED
+    await asyncio.wait_for(probe.probe.cancelled.wait(), TIMEOUT_S)
+    await asyncio.wait_for(settled, TIMEOUT_S)
+    assert drain.phase is Phase.CLOSING
+    assert sample("dialog_gateway_drain_cancelled_total") == before + 1
+
+
+async def test_a_backend_that_answers_unavailable_opens_its_breaker(
+    start_gateway: StartGateway, probe: RunningProbe, pki: Path
+) -> None:
+    gateway = await start_gateway(backend_config(pki, "probe", probe.port), breaker_failures=1)
+    unavailable = request("overloaded", code=grpc.StatusCode.UNAVAILABLE.value[0])
+    for method, message in (("Fail", unavailable), ("Echo", request())):
+        with pytest.raises(grpc.aio.AioRpcError) as failed:
+            await gateway.probe(method)(message, metadata=gateway.auth(), timeout=TIMEOUT_S)
+        assert failed.value.code() is grpc.StatusCode.UNAVAILABLE
+    assert probe.probe.calls == ["Probe/Fail"]  # the open breaker refused Echo
+
+
+async def test_unary_calls_are_counted_with_the_backends_status(gateway: Gateway) -> None:
+    labels = {"grpc_type": "unary", "grpc_service": SERVICE}
+    ok = {**labels, "grpc_method": "Echo", "grpc_code": "OK"}
+    not_found = {**labels, "grpc_method": "Fail", "grpc_code": "NOT_FOUND"}
+    before = [sample("grpc_server_handled_total", **c) for c in (ok, not_found)]
+    await gateway.probe("Echo")(request(), metadata=gateway.auth(), timeout=TIMEOUT_S)
+    with pytest.raises(grpc.aio.AioRpcError):
+        await gateway.probe("Fail")(request(code=5), metadata=gateway.auth(), timeout=TIMEOUT_S)
+    after = [sample("grpc_server_handled_total", **c) for c in (ok, not_found)]
+    assert [a - b for a, b in zip(after, before, strict=True)] == [1, 1]
 
 
 # --- metrics -----------------------------------------------------------------------------------

@@ -6,7 +6,8 @@
 // sent in context.labels (wire.SentLabel). Every other method echoes each
 // request message back unchanged (a unary call answers once, a stream answers
 // every message), for the gateway's transparent gRPC proxy path. It serves
-// grpc.health.v1 too.
+// grpc.health.v1 too, and server reflection describing echo.Echo (reflection.go)
+// so that the gateway knows echo.Echo/Say is unary.
 package main
 
 import (
@@ -86,8 +87,11 @@ func echo(stream grpc.ServerStream) error {
 }
 
 func handle(_ interface{}, stream grpc.ServerStream) error {
-	if method, _ := grpc.MethodFromServerStream(stream); method == conversePath {
+	switch method, _ := grpc.MethodFromServerStream(stream); method {
+	case conversePath:
 		return converse(stream)
+	case reflectionV1Path:
+		return reflectionV1(stream)
 	}
 	return echo(stream)
 }
@@ -131,6 +135,7 @@ func main() {
 		grpc.UnknownServiceHandler(handle),
 	)
 	healthpb.RegisterHealthServer(server, health.NewServer())
+	registerReflection(server)
 	log.Printf("echo back-end on %s", lis.Addr())
 	if err := server.Serve(lis); err != nil {
 		log.Fatalf("serve: %v", err)
