@@ -14,6 +14,7 @@ is always what ``json_format`` gives (tests/unit/test_protojson.py compares both
 from __future__ import annotations
 
 import base64
+import datetime
 import functools
 import math
 from collections.abc import Callable
@@ -66,8 +67,27 @@ def _slow(msg: Message) -> dict[str, Any]:
     return data
 
 
+_EPOCH = datetime.datetime(1970, 1, 1)
+# The range ``Timestamp.ToJsonString`` accepts: 0001-01-01T00:00:00Z to 9999-12-31T23:59:59Z.
+_TIMESTAMP_SECONDS_MIN = -62135596800
+_TIMESTAMP_SECONDS_MAX = 253402300799
+
+
 def _timestamp(msg: Any) -> Any:
-    return msg.ToJsonString()
+    """``msg.ToJsonString()``, written directly: whole seconds, or 3, 6 or 9 digits after."""
+    seconds, nanos = msg.seconds, msg.nanos
+    if not (
+        _TIMESTAMP_SECONDS_MIN <= seconds <= _TIMESTAMP_SECONDS_MAX and 0 <= nanos < 1_000_000_000
+    ):
+        return msg.ToJsonString()  # raises protobuf's own error
+    text = (_EPOCH + datetime.timedelta(seconds=seconds)).isoformat()
+    if not nanos:
+        return text + "Z"
+    if not nanos % 1_000_000:
+        return f"{text}.{nanos // 1_000_000:03d}Z"
+    if not nanos % 1000:
+        return f"{text}.{nanos // 1000:06d}Z"
+    return f"{text}.{nanos:09d}Z"
 
 
 def _value(msg: Any) -> Any:

@@ -57,15 +57,42 @@ def _finite_float(text: str) -> float:
 
 def json_depth(value: Any) -> int:
     """Nesting depth of decoded JSON (a scalar is 0), computed without recursion."""
-    deepest, stack = 0, [(value, 0)]
-    while stack:
-        item, depth = stack.pop()
-        if isinstance(item, dict):
-            item = list(item.values())
-        if isinstance(item, list):
-            deepest = max(deepest, depth + 1)
-            stack.extend((child, depth + 1) for child in item)
-    return deepest
+    # A level at a time: each pass collects the children of the level's containers.
+    depth, level = 0, [value]
+    while True:
+        below: list[Any] = []
+        found = False
+        for item in level:
+            if isinstance(item, dict):
+                below.extend(item.values())
+                found = True
+            elif isinstance(item, list):
+                below.extend(item)
+                found = True
+        if not found:
+            return depth
+        depth += 1
+        level = below
+
+
+# ``json.loads`` with hooks builds a new decoder on every call; this one is built once.
+_DECODER = json.JSONDecoder(parse_constant=_reject_constant, parse_float=_finite_float)
+
+
+def _loads(raw: bytes | str) -> tuple[Any, str]:
+    """``json.loads(raw, parse_constant=..., parse_float=...)`` and the decoded text."""
+    # What ``json.loads`` does before decoding, with its errors.
+    if isinstance(raw, str):
+        if raw.startswith("\ufeff"):
+            raise json.JSONDecodeError("Unexpected UTF-8 BOM (decode using utf-8-sig)", raw, 0)
+        text = raw
+    elif isinstance(raw, bytes | bytearray):
+        text = raw.decode(json.detect_encoding(raw), "surrogatepass")
+    else:
+        raise TypeError(
+            f"the JSON object must be str, bytes or bytearray, not {raw.__class__.__name__}"
+        )
+    return _DECODER.decode(text), text
 
 
 def decode_json(raw: bytes | str, max_bytes: int, max_depth: int = DEFAULT_MAX_DEPTH) -> Any:
@@ -77,20 +104,37 @@ def decode_json(raw: bytes | str, max_bytes: int, max_depth: int = DEFAULT_MAX_D
     if size > max_bytes:
         raise MessageTooLarge(f"message is {size} bytes; the limit is {max_bytes}")
     try:
-        data = json.loads(raw, parse_constant=_reject_constant, parse_float=_finite_float)
+        data, text = _loads(raw)
     except RecursionError:
         raise InvalidMessage(f"JSON is nested deeper than {max_depth} levels") from None
     except (ValueError, UnicodeDecodeError) as exc:
         raise InvalidMessage(f"malformed JSON: {exc}") from exc
-    if json_depth(data) > max_depth:
+    # Every array and object comes from its own "[" or "{" in the text, so a text with
+    # no more of them than ``max_depth`` cannot nest deeper: skip the walk.
+    if text.count("{") + text.count("[") > max_depth and json_depth(data) > max_depth:
         raise InvalidMessage(f"JSON is nested deeper than {max_depth} levels")
     return data
+
+
+_MESSAGE_KEYS = frozenset({"id", "role", "content", "context"})
+_CONTENT_KEYS = frozenset({"type", "text"})
+_CONTEXT_KEYS = frozenset({"conversation_id", "entity", "service", "reply_to", "labels"})
+_ROLE_NUMBERS: dict[str, int] = {v.name: v.number for v in message_pb2.Role.DESCRIPTOR.values}
 
 
 def message_from_dict(data: Any) -> Message:
     """Build and validate a client ``Message`` from decoded JSON."""
     if not isinstance(data, dict):
         raise InvalidMessage("a message must be a JSON object")
+    msg = _parse_fast(data)
+    if msg is None:
+        msg = _parse_slow(data)
+    validate_client_message(msg)
+    return msg
+
+
+def _parse_slow(data: dict[Any, Any]) -> Message:
+    """The ``Message`` that ``json_format`` parses from ``data`` (not validated)."""
     data = dict(data)
     if "role" in data:
         data["role"] = _role_in(data["role"])
@@ -100,8 +144,61 @@ def message_from_dict(data: Any) -> Message:
     # OverflowError: an integer too large for a double in ``content.data`` (a Struct).
     except (json_format.ParseError, TypeError, ValueError, OverflowError) as exc:
         raise InvalidMessage(_parse_error_text(exc)) from exc
-    validate_client_message(msg)
     return msg
+
+
+def _parse_fast(data: dict[Any, Any]) -> Message | None:
+    """``_parse_slow(data)`` for the common shape, built directly; None for anything else.
+
+    The shape: only the proto field names ``id``, ``role``, ``content`` (``type``,
+    ``text``) and ``context`` (``conversation_id``, ``entity``, ``service``,
+    ``reply_to``, ``labels``), strings where the proto has strings (exactly ``str``:
+    no nulls, numbers or booleans), objects where it has messages and maps, and a
+    role that names a ``Role``. ``json_format`` would set exactly these values, and an
+    object for ``content`` or ``context`` marks it present even when empty, as here.
+    The rest (lowerCamel names, ``timestamp``, ``seq``, ``content.data``, nulls,
+    anything to convert or to refuse) is left to ``_parse_slow``, for its result and
+    its error texts.
+    """
+    if type(data) is not dict or not data.keys() <= _MESSAGE_KEYS:
+        return None
+    fields = data
+    for key, value in data.items():
+        if key == "role":
+            if type(value) is not str:
+                return None
+            number = _ROLE_NUMBERS.get(_role_in(value))
+            if number is None:
+                return None
+            fields = dict(data)
+            fields["role"] = number
+        elif key == "content":
+            if type(value) is not dict or not value.keys() <= _CONTENT_KEYS:
+                return None
+            for text in value.values():
+                if type(text) is not str:
+                    return None
+        elif key == "context":
+            if type(value) is not dict or not value.keys() <= _CONTEXT_KEYS:
+                return None
+            for name, text in value.items():
+                if name == "labels":
+                    if not _str_to_str(text):
+                        return None
+                elif type(text) is not str:
+                    return None
+        elif type(value) is not str:  # id
+            return None
+    try:
+        return Message(**fields)
+    except (ValueError, TypeError):
+        return None  # a surrogate, which protobuf cannot encode: json_format words the error
+
+
+def _str_to_str(value: Any) -> bool:
+    if type(value) is not dict:
+        return False
+    return all(type(key) is str and type(text) is str for key, text in value.items())
 
 
 def validate_client_message(msg: Message) -> None:
@@ -133,9 +230,13 @@ def message_to_dict(msg: Message) -> dict[str, Any]:
     return data
 
 
+# What ``json.dumps(..., separators=(",", ":"), ensure_ascii=False)`` uses, built once.
+_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
+
+
 def message_to_json(msg: Message) -> str:
     """Compact JSON text of a ``Message``."""
-    return json.dumps(message_to_dict(msg), separators=(",", ":"), ensure_ascii=False)
+    return _ENCODER.encode(message_to_dict(msg))
 
 
 def accept_client_message(msg: Message, *, now_s: float, new_id: Callable[[], str]) -> Message:

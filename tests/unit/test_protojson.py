@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 from google.protobuf import json_format, struct_pb2, timestamp_pb2
 from google.protobuf.message import Message
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from dialog.backend.v1 import backend_pb2
@@ -96,3 +96,41 @@ def test_a_number_json_cannot_hold_is_refused_like_json_format_refuses_it(number
         reference(msg)
     with pytest.raises(type(expected.value)):
         protojson.to_dict(msg)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.integers(-62135596800, 253402300799),
+    st.one_of(
+        st.integers(0, 999_999_999),
+        st.integers(0, 999).map(lambda ms: ms * 1_000_000),
+        st.integers(0, 999_999).map(lambda us: us * 1000),
+    ),
+)
+@example(-62135596800, 0)  # 0001-01-01T00:00:00Z
+@example(253402300799, 999_999_999)  # 9999-12-31T23:59:59.999999999Z
+@example(-1, 1)
+@example(0, 1_000_000)
+@example(86399, 1000)
+def test_timestamps_are_written_as_protobuf_writes_them(seconds: int, nanos: int) -> None:
+    ts = timestamp_pb2.Timestamp(seconds=seconds, nanos=nanos)
+    assert protojson.to_dict(ts) == ts.ToJsonString() == reference(ts)
+    msg = message_pb2.Message(timestamp=ts)
+    assert protojson.to_dict(msg) == reference(msg)
+
+
+@pytest.mark.parametrize(
+    ("seconds", "nanos"),
+    [(-62135596801, 0), (253402300800, 0), (0, -1), (0, 1_000_000_000), (-(2**63), 0)],
+)
+def test_a_timestamp_out_of_range_is_refused_as_protobuf_refuses_it(
+    seconds: int, nanos: int
+) -> None:
+    msg = message_pb2.Message()
+    msg.timestamp.seconds = seconds
+    msg.timestamp.nanos = nanos
+    with pytest.raises(ValueError) as expected:
+        msg.timestamp.ToJsonString()
+    with pytest.raises(ValueError) as got:
+        protojson.to_dict(msg)
+    assert str(got.value) == str(expected.value)
