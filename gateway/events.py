@@ -111,6 +111,9 @@ class Subscription:
                     return reset
                 continue
             self._wake.clear()
+            if deadline is None:
+                await self._wake.wait()
+                continue
             try:
                 async with asyncio.timeout_at(deadline):
                     await self._wake.wait()

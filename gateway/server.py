@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import gc
 import logging
 import signal
 import ssl
@@ -228,12 +229,18 @@ async def serve(
             config.host,
             grpc_port,
         )
+        # What start-up allocated lives as long as the server: kept out of the collector's
+        # generations while it serves, so that a full collection walks only what the
+        # traffic allocates (otherwise a pause of milliseconds in the latency's tail).
+        gc.collect()
+        gc.freeze()
         if ready is not None:
             ready.set()
         await asyncio.wait({stop_task, *http_tasks}, return_when=asyncio.FIRST_COMPLETED)
         await _drain(service.drain, health_servicer, grpc_server, servers)
         for task in background:
             task.cancel()
+    gc.unfreeze()
     await service.close()
     await asyncio.to_thread(tracing.shutdown)  # exports the last spans
 
