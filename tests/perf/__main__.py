@@ -29,7 +29,13 @@ from tests.perf.capacity import IdleResult, hold_idle, idle_rows, raise_file_lim
 from tests.perf.loads import Sample, Timing
 from tests.perf.procs import Processes
 from tests.perf.scenarios import GATEWAY_VARIANTS, REDIS, Scenario, Systems, build, ws_target
-from tests.perf.systems import start_dialog, start_go_gateway, start_nginx, start_redis
+from tests.perf.systems import (
+    start_dialog,
+    start_floor,
+    start_go_gateway,
+    start_nginx,
+    start_redis,
+)
 from tests.perf.tools import prepare
 
 HERE = Path(__file__).resolve().parent
@@ -69,6 +75,8 @@ def start_systems(procs: Processes, workdir: Path, systems: Systems) -> None:
         )
     elif tools.nginx is not None:
         systems.skipped["nginx"] = "needs the Go echo back-end (the echo.Echo service)"
+    if backend == "go":
+        systems.floor = start_floor(procs, base)
 
 
 def measure(

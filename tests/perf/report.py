@@ -56,7 +56,7 @@ def spread(samples: Sequence[Sample], column: Column) -> str:
 
 def baseline(results: Results, scenario: Scenario, role: Role) -> Scenario | None:
     """The direct or peer row this gateway row is compared with (same path kind and C)."""
-    if scenario.role is not Role.GATEWAY:
+    if scenario.role not in (Role.GATEWAY, Role.FLOOR):
         return None
     path = DIRECT_OF.get(scenario.path) if role is Role.DIRECT else scenario.path
     return next(

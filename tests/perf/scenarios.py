@@ -18,7 +18,7 @@ from functools import partial
 from pathlib import Path
 
 from tests.perf.loads import Sample, Timing, run_dialog_load, run_wrk
-from tests.perf.systems import DialogSystem, GoGateway, NginxProxy
+from tests.perf.systems import DialogSystem, GoGateway, NginxProxy, PythonFloor
 from tests.perf.tools import Tools
 
 # One line per gateway configuration measured; each starts its own gateway (with the Go echo
@@ -38,6 +38,7 @@ class Role(enum.Enum):
     GATEWAY = "Dialog Gateway"
     DIRECT = "direct"
     PEER = "peer"
+    FLOOR = "Python floor"  # tests/perf/floor: the gateway's libraries doing nothing else
 
 
 class Surface(enum.Enum):
@@ -75,6 +76,7 @@ class Systems:
     python_backend: DialogSystem | None = None
     go_gateway: GoGateway | None = None
     nginx: NginxProxy | None = None
+    floor: PythonFloor | None = None
     skipped: dict[str, str] = field(default_factory=dict)
 
 
@@ -184,6 +186,26 @@ def nginx_echo(gw: DialogSystem, mode: str, c: int, method_path: str) -> Runner:
     return run
 
 
+def floor_ws(gw: DialogSystem, c: int) -> Runner:
+    def run(s: Systems) -> Sample:
+        assert s.floor is not None
+        args = ["-mode", "ws", *ws_target(gw), "-url", s.floor.ws_url, "-c", str(c)]
+        return _load(s, args, {"gateway": [s.floor.ws.popen.pid]})
+
+    return run
+
+
+def floor_relay(gw: DialogSystem, mode: str, c: int, method_path: str) -> Runner:
+    def run(s: Systems) -> Sample:
+        assert s.floor is not None
+        args = ["-mode", mode, "-target", s.floor.relay_target, "-ca", str(gw.certs / "ca.pem")]
+        args += ["-path", method_path, "-c", str(c)]
+        pids = {"gateway": [s.floor.relay.popen.pid], "backend": gw.pids["backend"]}
+        return _load(s, args, pids)
+
+    return run
+
+
 def peer_ws(c: int) -> Runner:
     def run(s: Systems) -> Sample:
         assert s.go_gateway is not None
@@ -258,6 +280,8 @@ PROXY_C = (1, 32)
 FANOUT_C = 1000
 DIRECT_C = sorted({*WS_C, *POST_C, *GRPC_C})
 SAY, CHAT = "/echo.Echo/Say", "/echo.Echo/Chat"
+FLOOR_WS = "Python floor: uvicorn + Starlette, 3 frames per message, nothing else"
+FLOOR_RELAY = "Python floor: grpcio relay, nothing else"
 
 
 def gateway_name(variant: str) -> str:
@@ -283,6 +307,9 @@ def message_paths(systems: Systems) -> list[Scenario]:
             out += _gateways(systems, Surface.WS, c, partial(gateway_ws, c=c))
             if peer:
                 out.append(Scenario(Surface.WS, "Go gateway", Role.PEER, c, peer_ws(c)))
+            if systems.floor is not None:
+                base = next(iter(systems.gateways.values()))
+                out.append(Scenario(Surface.WS, FLOOR_WS, Role.FLOOR, c, floor_ws(base, c)))
         if systems.python_backend is not None:
             c, py = max(WS_C), systems.python_backend
             out.append(
@@ -341,6 +368,9 @@ def baselines_and_proxy(systems: Systems) -> list[Scenario]:
                         path, "nginx grpc_pass", Role.PEER, c, nginx_echo(base, mode, c, method)
                     )
                 )
+            if systems.floor is not None:
+                runner = floor_relay(base, mode, c, method)
+                out.append(Scenario(path, FLOOR_RELAY, Role.FLOOR, c, runner))
             out.append(Scenario(path, "direct", Role.DIRECT, c, direct_echo(base, mode, c, method)))
     return out
 

@@ -12,6 +12,7 @@ import getpass
 import grp
 import json
 import os
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +20,7 @@ from pathlib import Path
 from tests.perf.procs import Processes, children_of
 from tests.perf.tools import Tools
 from tests.support.redis_server import redis_server_binary
-from tests.support.stack import Process, Stack, free_port, port_open, wait_until
+from tests.support.stack import ROOT, Process, Stack, free_port, port_open, wait_until
 
 # The gateway must be measured doing its work, not its limits: no rate limiting (huge budgets,
 # per user and per WebSocket), and the default health interval rather than the e2e stack's
@@ -256,6 +257,52 @@ def start_nginx(
         ready=lambda: port_open(port),
     )
     return NginxProxy(master, port)
+
+
+@dataclass
+class PythonFloor:
+    """The Python floor (tests/perf/floor): a bare WebSocket server and a bare gRPC relay
+    on the gateway's libraries, with the gateway's certificates and back-end."""
+
+    ws: Process
+    ws_port: int
+    relay: Process
+    relay_port: int
+
+    @property
+    def ws_url(self) -> str:
+        return f"wss://localhost:{self.ws_port}/ws"
+
+    @property
+    def relay_target(self) -> str:
+        return f"localhost:{self.relay_port}"
+
+
+def start_floor(procs: Processes, gw: DialogSystem) -> PythonFloor:
+    """The floor programs, serving with ``gw``'s certificates; the relay in front of
+    ``gw``'s back-end."""
+    certs = gw.certs
+    server = [str(certs / "gateway.pem"), str(certs / "gateway-key.pem")]
+    client = [str(certs / "ca.pem"), str(certs / "gateway-client.pem")]
+    client.append(str(certs / "gateway-client-key.pem"))
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    ws_port, relay_port = free_port(), free_port()
+    ws = procs.start(
+        "floor-ws",
+        [sys.executable, "-m", "tests.perf.floor.ws", str(ws_port), *server],
+        env=env,
+        ready=lambda: port_open(ws_port),
+    )
+    relay = procs.start(
+        "floor-relay",
+        [
+            sys.executable, "-m", "tests.perf.floor.relay", str(relay_port), *server,
+            gw.backend_target, *client,
+        ],
+        env=env,
+        ready=lambda: port_open(relay_port),
+    )  # fmt: skip
+    return PythonFloor(ws, ws_port, relay, relay_port)
 
 
 def start_redis(procs: Processes, workdir: Path) -> str:
