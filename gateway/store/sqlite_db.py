@@ -83,17 +83,12 @@ CREATE TABLE IF NOT EXISTS dead_letters (
 
 @contextmanager
 def _immediate(db: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
-    """One write transaction, holding the write lock from its first statement; inside a
-    batch (``Database.run_batch``), a savepoint of the batch's transaction."""
+    """One write transaction, holding the write lock from its first statement. Inside a
+    transaction already (a batch's, or a call made by another call), it is part of that
+    one: what raises out of it is undone by whoever opened the transaction
+    (``Database.run_batch`` keeps each call of a batch in a savepoint of its own)."""
     if db.in_transaction:
-        db.execute("SAVEPOINT step")
-        try:
-            yield db
-        except BaseException:
-            db.execute("ROLLBACK TO step")
-            db.execute("RELEASE step")
-            raise
-        db.execute("RELEASE step")
+        yield db
         return
     db.execute("BEGIN IMMEDIATE")
     try:
@@ -159,8 +154,9 @@ class Database:
         """Run ``calls`` in one write transaction, so they share one commit (one fsync;
         none when not ``durable``: see the module docstring).
 
-        Returns (True, value) or (False, exception) per call. Each call is a savepoint: one
-        that raises is undone alone. When the commit fails, every call gets that error.
+        Returns (True, value) or (False, exception) per call. Each call is a savepoint (or,
+        alone, the transaction): one that raises is undone alone. When the commit fails,
+        every call gets that error.
         """
         if durable or not self._fsync_each:
             return self._run_batch(calls)
@@ -172,19 +168,30 @@ class Database:
             self._db.execute("PRAGMA synchronous=FULL")
 
     def _run_batch(self, calls: Sequence[Callable[[Database], Any]]) -> list[tuple[bool, Any]]:
+        if len(calls) == 1:  # the call's own transaction: no savepoint needed
+            try:
+                with _immediate(self._db):
+                    return [(True, calls[0](self))]
+            except Exception as exc:
+                if self._db.in_transaction:  # the commit failed
+                    self._db.execute("ROLLBACK")
+                return [(False, exc)]
         results: list[tuple[bool, Any]] = []
+        db = self._db
         try:
-            self._db.execute("BEGIN IMMEDIATE")
+            db.execute("BEGIN IMMEDIATE")
             for call in calls:
+                db.execute("SAVEPOINT step")
                 try:
-                    with _immediate(self._db):
-                        results.append((True, call(self)))
+                    results.append((True, call(self)))
                 except Exception as exc:
+                    db.execute("ROLLBACK TO step")
                     results.append((False, exc))
-            self._db.execute("COMMIT")
+                db.execute("RELEASE step")
+            db.execute("COMMIT")
         except sqlite3.Error as exc:
-            if self._db.in_transaction:
-                self._db.execute("ROLLBACK")
+            if db.in_transaction:
+                db.execute("ROLLBACK")
             return [(False, exc)] * len(calls)
         return results
 

@@ -54,6 +54,30 @@ def test_a_failed_commit_fails_every_call_of_the_batch(tmp_path: Path) -> None:
     db.close()
 
 
+def test_a_call_alone_is_its_own_transaction(tmp_path: Path) -> None:
+    db = Database(tmp_path / DB_NAME, max_attempts=3)
+
+    def boom(d: Database) -> None:
+        d.append_event("alice", b"undone", 1.0)
+        raise RuntimeError("boom")
+
+    [(ok, err)] = db.run_batch([boom])
+    assert ok is False and isinstance(err, RuntimeError)
+    assert db.last_event_seq("alice") == 0
+    # It cannot take the write lock (another connection holds it): it fails, and the
+    # connection is ready for the next batch.
+    other = sqlite3.connect(tmp_path / DB_NAME, timeout=0.1, isolation_level=None)
+    db._db.execute("PRAGMA busy_timeout = 50")
+    other.execute("BEGIN EXCLUSIVE")
+    [(ok, err)] = db.run_batch([lambda d: d.append_event("alice", b"a", 1.0)])
+    assert ok is False and isinstance(err, sqlite3.OperationalError)
+    other.execute("ROLLBACK")
+    other.close()
+    assert db.run_batch([lambda d: d.append_event("alice", b"b", 1.0)]) == [(True, 1)]
+    assert [e.body for e in db.events_after("alice", 0, 10).events] == [b"b"]
+    db.close()
+
+
 def test_concurrent_calls_are_batched(tmp_path: Path) -> None:
     db = Database(tmp_path / DB_NAME, max_attempts=3)
     batches: list[int] = []
