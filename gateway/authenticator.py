@@ -1,4 +1,4 @@
-"""The ``Authenticator`` every surface uses (through ``DialogService.authenticate``).
+"""The ``Authenticator`` every surface uses (through ``Access.authenticate``, ``gateway.access``).
 
 It feeds the pure ``TokenVerifier`` (gateway/auth.py) and, for a token that names a
 ``kid``, first awaits the JWKS key set (gateway/jwks.py), which may refetch it. The rules

@@ -26,7 +26,8 @@ from dialog.v1 import message_pb2
 from gateway import spans, tracing
 from gateway.auth import Identity
 from gateway.errors import DialogError, Internal
-from gateway.service import Admission, DialogService
+from gateway.messages import Admission
+from gateway.service import DialogService
 from gateway.translate import is_queued, make_ack, make_error
 
 log = logging.getLogger(__name__)
@@ -90,7 +91,7 @@ class Conversation:
         span = spans.message_span(self._service.tracer, self._surface, msg, self._trace_parent)
         try:
             with tracing.current(span):
-                admission = await self._service.admit(
+                admission = await self._service.messages.admit(
                     self._identity, msg, self._surface, self._origin
                 )
             spans.admitted(span, admission.stored.id, admission.backend)
@@ -113,7 +114,9 @@ class Conversation:
         try:
             await self._send(make_ack(msg, replay=admission.replay is not None))
             direct = self._origin is None or admission.replay is not None
-            async for reply in self._service.replies(self._upstreams, self._identity, admission):
+            async for reply in self._service.messages.replies(
+                self._upstreams, self._identity, admission
+            ):
                 if direct or is_queued(reply):
                     await self._send(reply)
         except DialogError as exc:

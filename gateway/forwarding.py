@@ -26,12 +26,13 @@ from opentelemetry.context import Context
 
 from dialog.v1 import message_pb2
 from gateway import metrics, spans, tracing
+from gateway.backend_stream import BackendStream, Reply, StreamFailed
 from gateway.backoff import backoff_delay_s
 from gateway.breaker import Outcome
 from gateway.config import BackendConfig
 from gateway.errors import BackendFailed, BackendTimeout, BackendUnavailable, DialogError
 from gateway.translate import is_final
-from gateway.upstream import BackendPool, BackendStream, Reply, StreamFailed
+from gateway.upstream import BackendPool
 
 RETRYABLE = frozenset({grpc.StatusCode.UNAVAILABLE})
 

@@ -46,7 +46,7 @@ class AuthenticatedReflection(grpc.aio.ServerInterceptor):  # type: ignore[type-
     ) -> grpc.RpcMethodHandler[Any, Any]:
         if handler_call_details.method.startswith(REFLECTION_PREFIX):
             try:
-                await self._service.authenticate(
+                await self._service.access.authenticate(
                     _header(handler_call_details, "authorization"), SURFACE
                 )
             except DialogError as exc:

@@ -68,6 +68,7 @@ from opentelemetry.trace import Span
 
 from gateway import metrics, spans, tracing
 from gateway.auth import Identity, require_scopes
+from gateway.backend_stream import CLIENT_METADATA_KEY, USER_METADATA_KEY
 from gateway.breaker import Outcome, Permit
 from gateway.config import BackendConfig
 from gateway.errors import (
@@ -83,7 +84,7 @@ from gateway.grpc.expiry import one_answer, until_expiry
 from gateway.grpc.peer import client_cert_identity
 from gateway.lifecycle import REFUSED, Drain, Phase
 from gateway.service import DialogService
-from gateway.upstream import CLIENT_METADATA_KEY, USER_METADATA_KEY, BackendPool
+from gateway.upstream import BackendPool
 
 log = logging.getLogger(__name__)
 
@@ -239,7 +240,7 @@ class BackendProxy(grpc.GenericRpcHandler):  # type: ignore[type-arg]
     ) -> Ending:
         """Admit the call (drain, token, route, scopes, rate), then relay it."""
         self._service.drain.check()
-        identity = await self._service.authenticate(
+        identity = await self._service.access.authenticate(
             [str(v) for k, v in context.invocation_metadata() or () if k == "authorization"],
             SURFACE,
         )
@@ -254,7 +255,7 @@ class BackendProxy(grpc.GenericRpcHandler):  # type: ignore[type-arg]
             metrics.AUTH_FAILURES.labels(surface=SURFACE, reason="scope").inc()
             raise
         with self._service.hold_inflight(SURFACE):
-            await self._service.rate_limit(identity, SURFACE)
+            await self._service.access.rate_limit(identity, SURFACE)
             return await self._relay(route, identity, context, span, relay)
 
     async def _relay(
@@ -277,7 +278,7 @@ class BackendProxy(grpc.GenericRpcHandler):  # type: ignore[type-arg]
             ),
         )
         try:
-            expiry = asyncio.get_running_loop().time() + self._service.remaining_s(identity)
+            expiry = asyncio.get_running_loop().time() + self._service.access.remaining_s(identity)
             ending = await relay.finish(call, context, breaker, expiry)
             breaker.settle(call_outcome(ending.code, client_deadline=remaining_s is not None))
         finally:

@@ -31,7 +31,7 @@ SURFACE = "grpc"
 
 def _expiry(service: DialogService, identity: Identity) -> float:
     """When the identity's token expires, in event-loop time."""
-    return asyncio.get_running_loop().time() + service.remaining_s(identity)
+    return asyncio.get_running_loop().time() + service.access.remaining_s(identity)
 
 
 async def _queued(
@@ -58,7 +58,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
 
     async def _identity(self, context: Context) -> Identity:
         """The token's identity, with the verified client certificate's when there is one."""
-        identity = await self._service.authenticate(_authorization(context), SURFACE)
+        identity = await self._service.access.authenticate(_authorization(context), SURFACE)
         client = client_cert_identity(context)
         return dataclasses.replace(identity, client=client) if client else identity
 
@@ -72,11 +72,11 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
             validate_client_message(request.message)
             tracing.take_from_labels(request.message)  # the metadata carries the call's
             with tracing.current(span):
-                admission = await self._service.admit(identity, request.message, SURFACE)
+                admission = await self._service.messages.admit(identity, request.message, SURFACE)
             ack = make_ack(admission.stored, replay=admission.replay is not None)
             yield gateway_pb2.SendResponse(message=ack)
             async with self._service.request_upstreams(identity) as upstreams:
-                replies = self._service.replies(upstreams, identity, admission)
+                replies = self._service.messages.replies(upstreams, identity, admission)
                 async for reply in until_expiry(replies, _expiry(self._service, identity)):
                     yield gateway_pb2.SendResponse(message=reply)
         except DialogError as exc:

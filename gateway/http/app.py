@@ -55,7 +55,7 @@ async def openapi_json(request: Request) -> Response:
     gateway's own document, with the back-ends' transcoded routes as they are now."""
     service: DialogService = request.app.state.service
     try:
-        await service.authenticate(request.headers.getlist("authorization"), "http")
+        await service.access.authenticate(request.headers.getlist("authorization"), "http")
     except DialogError as exc:
         return error_response(exc)
     transcoder: Transcoder | None = request.app.state.transcoder
@@ -150,7 +150,7 @@ def build_app(
     middleware = [
         Middleware(SecurityHeaders, tls=config.tls),
         Middleware(
-            Cors, policy=lambda: service.cors, methods=path_methods(routes, transcoder)
+            Cors, policy=lambda: service.access.cors, methods=path_methods(routes, transcoder)
         ),
     ]
     app = _app(routes, middleware, service, monitor)

@@ -32,11 +32,11 @@ RECONNECT_TEXT = "the gateway is restarting; reconnect with Last-Event-ID to res
 
 
 async def _identity(request: Request, service: DialogService) -> Identity:
-    service.check_origin(request.headers.get("origin"))
+    service.access.check_origin(request.headers.get("origin"))
     ticket = request.query_params.get("ticket")
     if ticket is not None and "authorization" not in request.headers:
-        return await service.redeem_ticket(ticket, SURFACE)
-    return await service.authenticate(request.headers.getlist("authorization"), SURFACE)
+        return await service.access.redeem_ticket(ticket, SURFACE)
+    return await service.access.authenticate(request.headers.getlist("authorization"), SURFACE)
 
 
 async def event_stream(request: Request) -> Response:
@@ -58,7 +58,7 @@ async def event_stream(request: Request) -> Response:
     async def body() -> AsyncGenerator[bytes, None]:
         try:
             yield HEARTBEAT
-            while (remaining_s := service.remaining_s(identity)) > 0:
+            while (remaining_s := service.access.remaining_s(identity)) > 0:
                 next_msg = sub.next(min(heartbeat_s, remaining_s))
                 msg = await service.drain.before(Phase.CLOSING, next_msg)
                 if isinstance(msg, Phase):
@@ -67,7 +67,7 @@ async def event_stream(request: Request) -> Response:
                     return
                 if msg is None:
                     yield HEARTBEAT
-                elif service.remaining_s(identity) > 0:
+                elif service.access.remaining_s(identity) > 0:
                     yield _event(msg)
             raise Unauthenticated("token expired")
         except DialogError as exc:

@@ -18,7 +18,8 @@ from gateway.errors import DialogError, Internal, InvalidMessage
 from gateway.http.body import read_limited
 from gateway.http.responses import error_response, json_response
 from gateway.http.sse import sse_event
-from gateway.service import Admission, DialogService
+from gateway.messages import Admission
+from gateway.service import DialogService
 from gateway.translate import (
     DELTA,
     ERROR,
@@ -46,7 +47,9 @@ async def post_message(request: Request) -> Response:
     span = spans.http_server_span(service.tracer, request.scope, ROUTE)
     token, streaming = tracing.attach(span), False
     try:
-        identity = await service.authenticate(request.headers.getlist("authorization"), SURFACE)
+        identity = await service.access.authenticate(
+            request.headers.getlist("authorization"), SURFACE
+        )
         if request.headers.get("content-type", "").split(";")[0].strip() not in (
             "",
             "application/json",
@@ -61,7 +64,7 @@ async def post_message(request: Request) -> Response:
             raise InvalidMessage(f"Idempotency-Key is longer than {MAX_ID_CHARS} characters")
         if key and not msg.id:
             msg.id = key
-        admission = await service.admit(identity, msg, SURFACE)
+        admission = await service.messages.admit(identity, msg, SURFACE)
         headers = {REPLAY_HEADER: "true"} if admission.replay is not None else {}
         if EVENT_STREAM in request.headers.get("accept", ""):
             streaming = True
@@ -101,7 +104,7 @@ async def _collect(
     async with service.request_upstreams(identity) as upstreams:
         return [
             reply
-            async for reply in service.replies(upstreams, identity, admission)
+            async for reply in service.messages.replies(upstreams, identity, admission)
             if reply.content.type != DELTA
         ]
 
@@ -115,7 +118,7 @@ async def _stream(
     yield sse_event(message_to_json(ack), event="ack", event_id=msg.seq)
     try:
         async with service.request_upstreams(identity) as upstreams:
-            async for reply in service.replies(upstreams, identity, admission):
+            async for reply in service.messages.replies(upstreams, identity, admission):
                 if is_queued(reply):
                     yield sse_event(message_to_json(reply), event="ack", event_id=reply.seq)
                 else:

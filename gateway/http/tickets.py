@@ -17,9 +17,11 @@ SURFACE = "http"
 async def post_ws_ticket(request: Request) -> Response:
     service: DialogService = request.app.state.service
     try:
-        service.check_origin(request.headers.get("origin"))
-        identity = await service.authenticate(request.headers.getlist("authorization"), SURFACE)
-        ticket, ttl_s = await service.issue_ticket(identity)
+        service.access.check_origin(request.headers.get("origin"))
+        identity = await service.access.authenticate(
+            request.headers.getlist("authorization"), SURFACE
+        )
+        ticket, ttl_s = await service.access.issue_ticket(identity)
     except DialogError as exc:
         return error_response(exc)
     return json_response({"ticket": ticket, "expires_in_s": round(ttl_s, 3)})

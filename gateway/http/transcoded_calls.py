@@ -80,7 +80,7 @@ async def call_unary(
         timeout=outgoing_timeout_s(None, endpoint.kind, pool.configs[name]),
         metadata=metadata,
     )
-    deadline = asyncio.get_running_loop().time() + service.remaining_s(identity)
+    deadline = asyncio.get_running_loop().time() + service.access.remaining_s(identity)
     allowed = allowed_metadata(pool.configs[name])
     try:
         raw = await one_answer(call, service.drain, deadline)
@@ -223,7 +223,7 @@ async def _frames(
         await headers
         if not call.done() or await call.code() is grpc.StatusCode.OK:
             breaker.settle(Outcome.SUCCEEDED)  # the back-end answered
-        deadline = asyncio.get_running_loop().time() + service.remaining_s(identity)
+        deadline = asyncio.get_running_loop().time() + service.access.remaining_s(identity)
         messages = service.drain.until(Phase.CLOSING, until_expiry(_reads(call), deadline))
         idle = heartbeat(media_type)
         heartbeat_s = service.config.sse_heartbeat_ms / 1000 if idle is not None else None

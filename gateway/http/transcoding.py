@@ -173,7 +173,7 @@ async def _admitted(
 ) -> Response:
     """Admit the request (drain, token, route, scopes, rate), then call its method."""
     service.drain.check()
-    identity = await service.authenticate(request.headers.getlist("authorization"), SURFACE)
+    identity = await service.access.authenticate(request.headers.getlist("authorization"), SURFACE)
     if isinstance(found, RpcPath):
         resolved = table.rpc(request.method, found.path)
         if isinstance(resolved, WrongMethod):
@@ -186,7 +186,7 @@ async def _admitted(
     except PermissionDenied:
         metrics.AUTH_FAILURES.labels(surface=SURFACE, reason="scope").inc()
         raise
-    await service.rate_limit(identity, SURFACE)
+    await service.access.rate_limit(identity, SURFACE)
     message = await _request_message(request, service, table, found)
     metadata = _metadata(request, backend, identity, span)
     # Taken once the body is in (a slow upload holds no place), given back when the call

@@ -89,7 +89,7 @@ async def _serve(ws: WebSocket, service: DialogService) -> int:
     subprotocol = WS_SUBPROTOCOL if WS_SUBPROTOCOL in ws.scope.get("subprotocols", ()) else None
     try:
         service.drain.check()
-        service.check_origin(ws.headers.get("origin"))
+        service.access.check_origin(ws.headers.get("origin"))
         after_seq = _resume_point(ws.query_params.get(RESUME_PARAM))
         identity = await _handshake_identity(ws, service)
         bridge, sub = None, None
@@ -113,7 +113,7 @@ async def _serve(ws: WebSocket, service: DialogService) -> int:
             await (bridge or Bridge(ws, service, identity)).run(after_seq, sub)
     finally:
         metrics.WS_CONNECTIONS.dec()
-        await service.close_ws(identity)
+        await service.access.close_ws(identity)
     return SWITCHING_PROTOCOLS
 
 
@@ -132,10 +132,10 @@ async def _handshake_identity(ws: WebSocket, service: DialogService) -> Identity
         raise InvalidMessage("tokens are not accepted in the URL; use a header or a ticket")
     headers = ws.headers.getlist("authorization")
     if headers:
-        return await service.authenticate(headers, SURFACE)
+        return await service.access.authenticate(headers, SURFACE)
     ticket = ws.query_params.get("ticket")
     if ticket is not None:
-        return await service.redeem_ticket(ticket, SURFACE)
+        return await service.access.redeem_ticket(ticket, SURFACE)
     return None
 
 
@@ -143,12 +143,12 @@ async def _subscribe(service: DialogService, bridge: Bridge, after_seq: int) -> 
     try:
         return await service.subscribe(bridge.identity, after_seq, owner=bridge)
     except BaseException:
-        await service.close_ws(bridge.identity)
+        await service.access.close_ws(bridge.identity)
         raise
 
 
 async def _open_connection(service: DialogService, identity: Identity) -> None:
-    if not await service.open_ws(identity):
+    if not await service.access.open_ws(identity):
         metrics.RATE_LIMITED.labels(surface=SURFACE, limit="connections").inc()
         raise TooManyConnections("too many open WebSocket connections")
 
@@ -166,7 +166,7 @@ async def _first_frame_identity(ws: WebSocket, service: DialogService) -> Identi
         msg = parse_message(text, service.config.max_message_bytes, service.config.json_max_depth)
         if msg.content.type != AUTH or not msg.content.text:
             raise Unauthenticated("the first frame must be an auth frame")
-        identity = await service.authenticate_token(msg.content.text, SURFACE)
+        identity = await service.access.authenticate_token(msg.content.text, SURFACE)
         await _open_connection(service, identity)
     except DialogError as exc:
         code = exc.ws_close if isinstance(exc, TooManyConnections) else Unauthenticated.ws_close
@@ -199,7 +199,7 @@ class Bridge:
         writer = asyncio.create_task(self._write(), name="ws-writer")
         try:
             await self._follow(after_seq, sub)
-            async with asyncio.timeout(self._service.remaining_s(self._identity)) as expiry:
+            async with asyncio.timeout(self._service.access.remaining_s(self._identity)) as expiry:
                 if await self._read(expiry):
                     await self._deliver_rest()
         except TimeoutError:
@@ -262,7 +262,6 @@ class Bridge:
         finally:
             self._service.unsubscribe(self._identity, sub)
 
-
     async def _read(self, expiry: asyncio.Timeout) -> bool:
         """Read frames until the client leaves (False) or the gateway is closing (True)."""
         config = self._service.config
@@ -322,12 +321,12 @@ class Bridge:
 
     async def _reauthenticate(self, msg: message_pb2.Message, expiry: asyncio.Timeout) -> None:
         """A fresh token for the same user extends the socket's life."""
-        identity = await self._service.authenticate_token(msg.content.text, SURFACE)
+        identity = await self._service.access.authenticate_token(msg.content.text, SURFACE)
         if identity.subject != self._identity.subject:
             raise PermissionDenied("a connection cannot change its user")
         self._identity = identity
         loop = asyncio.get_running_loop()
-        expiry.reschedule(loop.time() + self._service.remaining_s(identity))
+        expiry.reschedule(loop.time() + self._service.access.remaining_s(identity))
         await self._send(make_ack(msg))
 
     async def _send(self, msg: message_pb2.Message) -> None:

@@ -92,9 +92,9 @@ def message(service: str) -> message_pb2.Message:
 
 
 async def test_jwks_and_hs256_tokens_both_authenticate(service: DialogService) -> None:
-    assert (await service.authenticate(f"Bearer {es256()}", "test")).subject == "alice"
+    assert (await service.access.authenticate(f"Bearer {es256()}", "test")).subject == "alice"
     hs = jwt.encode({"sub": "bob", "iat": int(T0), "exp": int(T0) + 60}, SECRET, "HS256")
-    assert (await service.authenticate(f"Bearer {hs}", "test")).subject == "bob"
+    assert (await service.access.authenticate(f"Bearer {hs}", "test")).subject == "bob"
 
 
 @pytest.mark.parametrize(
@@ -112,22 +112,22 @@ async def test_failures_are_counted_by_bounded_reason(
 ) -> None:
     before = failures(reason)
     with pytest.raises(Unauthenticated):
-        await service.authenticate(f"Bearer {raw()}", "test")
+        await service.access.authenticate(f"Bearer {raw()}", "test")
     assert failures(reason) == before + 1
 
 
 async def test_a_route_refuses_a_token_without_its_scope(service: DialogService) -> None:
-    reader = await service.authenticate(f"Bearer {es256(scope='tasks:read')}", "test")
-    writer = await service.authenticate(f"Bearer {es256(scp=['tasks:write'])}", "test")
+    reader = await service.access.authenticate(f"Bearer {es256(scope='tasks:read')}", "test")
+    writer = await service.access.authenticate(f"Bearer {es256(scp=['tasks:write'])}", "test")
     before = failures("scope")
     with pytest.raises(PermissionDenied, match="missing scope: tasks:write") as info:
-        await service.admit(reader, message("tasks"), "test")
+        await service.messages.admit(reader, message("tasks"), "test")
     assert info.value.http_status == 403
     assert failures("scope") == before + 1
-    admission = await service.admit(writer, message("tasks"), "test")
+    admission = await service.messages.admit(writer, message("tasks"), "test")
     assert admission.backend == "tasks"
     assert admission.stored.id
-    assert (await service.admit(reader, message("chat"), "test")).backend == "chat"
+    assert (await service.messages.admit(reader, message("chat"), "test")).backend == "chat"
 
 
 # ---------------------------------------------------------------------------
@@ -157,7 +157,7 @@ async def test_an_outage_with_last_good_keys_is_visible_but_healthy(
 ) -> None:
     (tmp_path / "jwks.json").unlink()
     clock.now += service.config.jwks_ttl_s
-    assert (await service.authenticate(f"Bearer {es256()}", "test")).subject == "alice"
+    assert (await service.access.authenticate(f"Bearer {es256()}", "test")).subject == "alice"
     response = await get_health(service)
     assert response.status_code == 200
     jwks = response.json()["jwks"]

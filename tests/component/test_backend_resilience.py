@@ -19,12 +19,13 @@ import pytest
 from dialog.backend.v1 import backend_pb2, backend_pb2_grpc
 from dialog.v1 import message_pb2
 from gateway import metrics
+from gateway.backend_stream import time_left_request
 from gateway.breaker import BreakerState
 from gateway.certs import create_dev_certs
 from gateway.config import BackendConfig, RetryPolicy, RoutesConfig
 from gateway.errors import BackendUnavailable
 from gateway.forwarding import Upstreams
-from gateway.upstream import BackendPool, time_left_request
+from gateway.upstream import BackendPool
 
 WAIT_S = 10.0
 

@@ -19,9 +19,10 @@ from adapters.chat.server import ChatServicer
 from adapters.config import AdapterConfig
 from adapters.runner import RunningServer, start
 from dialog.v1 import message_pb2
+from gateway.backend_stream import BackendStream, StreamFailed
 from gateway.certs import create_dev_certs, issue_cert
 from gateway.config import BackendConfig, RoutesConfig
-from gateway.upstream import BackendPool, BackendStream, StreamFailed
+from gateway.upstream import BackendPool
 
 TIMEOUT_S = 10.0
 

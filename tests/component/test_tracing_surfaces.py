@@ -407,7 +407,7 @@ async def test_a_queued_message_is_delivered_in_the_trace_it_was_admitted_in(
         message=grpc_message("q1"),
         traceparent=admitted.traceparent,
     )
-    await gateway.service._deliver_queued("chat", QueuedWork.decode(work.encode()))
+    await gateway.service.messages.deliver_queued("chat", QueuedWork.decode(work.encode()))
     call = await spans.one(BACKEND_SPAN, SpanKind.CLIENT, **{"dialog.message.id": "q1"})
     assert call.context.trace_id == admitted.trace_id
     assert parent_id(call) == admitted.span_id
