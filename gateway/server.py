@@ -13,8 +13,9 @@ import dataclasses
 import gc
 import logging
 import signal
+import socket
 import ssl
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 
 import grpc
@@ -85,11 +86,20 @@ class CloseWhileDraining:
 
 
 class _HttpServer(uvicorn.Server):
-    """uvicorn without its own signal handling: the gateway stops it."""
+    """uvicorn without its own signal handling: the gateway stops it. ``listening`` is set
+    once its socket accepts connections."""
+
+    def __init__(self, config: uvicorn.Config) -> None:
+        super().__init__(config)
+        self.listening = asyncio.Event()
 
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
         yield
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets)
+        self.listening.set()
 
 
 def http_config(
@@ -220,6 +230,10 @@ async def serve(
             )
             for server in servers
         }
+        # Said (and ``ready`` set) once every listener accepts connections, or one failed.
+        listening = tasks.create_task(_every_set(server.listening for server in servers))
+        background.append(listening)  # cancelled at the end if a listener failed
+        await asyncio.wait({listening, *http_tasks}, return_when=asyncio.FIRST_COMPLETED)
         scheme = "https" if config.tls else "http"
         log.info(
             "gateway listening: %s://%s:%d (HTTP, WebSocket) and %s:%d (gRPC)",
@@ -243,6 +257,11 @@ async def serve(
     gc.unfreeze()
     await service.close()
     await asyncio.to_thread(tracing.shutdown)  # exports the last spans
+
+
+async def _every_set(events: Iterable[asyncio.Event]) -> None:
+    for event in events:
+        await event.wait()
 
 
 def _http_servers(
