@@ -166,7 +166,11 @@ def settings_lines(timing: Timing, quick: bool, skipped: Mapping[str, str]) -> l
         "nginx grpc_pass: TLS in, mutual TLS to the same Go echo back-end, worker_processes "
         "auto (its CPU is all its processes')",
         "direct: the same load generator to the back-end itself, over the same mutual TLS",
-        "gw µs/msg: the gateway's (or the Go gateway's, or nginx's) CPU time per round trip",
+        "Python floor (tests/perf/floor): the gateway's libraries alone, over the same TLS: "
+        "uvicorn + Starlette answering each frame with three, no back-end; a grpcio relay of "
+        "raw bytes to the same Go echo back-end",
+        "gw µs/msg: the gateway's (or the Go gateway's, nginx's, the floor's) CPU time per "
+        "round trip",
     ] + ([f"skipped: {', '.join(skipped)}"] if skipped else [])
 
 
