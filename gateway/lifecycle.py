@@ -185,37 +185,40 @@ class Drain:
         The deadline guards only the waits, never a ``yield``, so that it interrupts
         the consumer only while this generator is waiting.
         """
-        self._work += 1
-        self._idle.clear()
-        try:
+        with self._counted():
             while True:
-                timeout = asyncio.timeout_at(self._work_deadline())
                 try:
-                    async with timeout:
-                        self._work_waits.add(timeout)
+                    async with self._until_work_deadline():
                         item = await anext(items)
                 except StopAsyncIteration:
                     return
-                except TimeoutError:
-                    if not timeout.expired():
-                        raise
-                    metrics.DRAIN_CANCELLED.inc()
-                    raise Draining(UNFINISHED) from None
-                finally:
-                    self._work_waits.discard(timeout)
                 yield item
-        finally:
-            self._work -= 1
-            if self._work == 0:
-                self._idle.set()
 
     @contextlib.asynccontextmanager
     async def work(self) -> AsyncIterator[None]:
         """One unit of work in flight (a call awaiting its one answer), counted like
         ``bounded``'s items; at the work deadline the block is cancelled and raises
         ``Draining``."""
+        with self._counted():
+            async with self._until_work_deadline():
+                yield
+
+    @contextlib.contextmanager
+    def _counted(self) -> Iterator[None]:
+        """Work in flight while the block runs: ``settle`` waits for it to end."""
         self._work += 1
         self._idle.clear()
+        try:
+            yield
+        finally:
+            self._work -= 1
+            if self._work == 0:
+                self._idle.set()
+
+    @contextlib.asynccontextmanager
+    async def _until_work_deadline(self) -> AsyncIterator[None]:
+        """The block, cancelled at the work deadline (also one that ``begin`` sets while
+        it runs) with ``Draining``."""
         timeout = asyncio.timeout_at(self._work_deadline())
         try:
             async with timeout:
@@ -228,9 +231,6 @@ class Drain:
             raise Draining(UNFINISHED) from None
         finally:
             self._work_waits.discard(timeout)
-            self._work -= 1
-            if self._work == 0:
-                self._idle.set()
 
     def _work_deadline(self) -> float | None:
         """When waits for replies are cancelled: None before ``begin``."""
