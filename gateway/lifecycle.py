@@ -187,11 +187,18 @@ class Drain:
         """
         with self._counted():
             while True:
+                timeout = self._work_timeout()
                 try:
-                    async with self._until_work_deadline():
+                    async with timeout:
                         item = await anext(items)
                 except StopAsyncIteration:
                     return
+                except TimeoutError:
+                    if not timeout.expired():
+                        raise
+                    raise self._cancelled() from None
+                finally:
+                    self._work_waits.discard(timeout)
                 yield item
 
     @contextlib.asynccontextmanager
@@ -200,8 +207,16 @@ class Drain:
         ``bounded``'s items; at the work deadline the block is cancelled and raises
         ``Draining``."""
         with self._counted():
-            async with self._until_work_deadline():
-                yield
+            timeout = self._work_timeout()
+            try:
+                async with timeout:
+                    yield
+            except TimeoutError:
+                if not timeout.expired():
+                    raise
+                raise self._cancelled() from None
+            finally:
+                self._work_waits.discard(timeout)
 
     @contextlib.contextmanager
     def _counted(self) -> Iterator[None]:
@@ -215,22 +230,18 @@ class Drain:
             if self._work == 0:
                 self._idle.set()
 
-    @contextlib.asynccontextmanager
-    async def _until_work_deadline(self) -> AsyncIterator[None]:
-        """The block, cancelled at the work deadline (also one that ``begin`` sets while
-        it runs) with ``Draining``."""
+    def _work_timeout(self) -> asyncio.Timeout:
+        """A timeout at the work deadline, also one that ``begin`` sets while it runs
+        (until the caller discards it from ``_work_waits``)."""
         timeout = asyncio.timeout_at(self._work_deadline())
-        try:
-            async with timeout:
-                self._work_waits.add(timeout)
-                yield
-        except TimeoutError:
-            if not timeout.expired():
-                raise
-            metrics.DRAIN_CANCELLED.inc()
-            raise Draining(UNFINISHED) from None
-        finally:
-            self._work_waits.discard(timeout)
+        self._work_waits.add(timeout)
+        return timeout
+
+    @staticmethod
+    def _cancelled() -> Draining:
+        """What a wait that the work deadline cancelled raises (and counts)."""
+        metrics.DRAIN_CANCELLED.inc()
+        return Draining(UNFINISHED)
 
     def _work_deadline(self) -> float | None:
         """When waits for replies are cancelled: None before ``begin``."""
