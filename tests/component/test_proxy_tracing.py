@@ -12,10 +12,8 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
-import socket
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,8 +21,6 @@ from typing import Any
 import grpc
 import httpx
 import pytest
-import uvicorn
-from grpc_health.v1.health import aio as health_aio
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
@@ -32,13 +28,8 @@ from opentelemetry.trace import SpanKind, StatusCode, format_span_id, format_tra
 
 from gateway.auth import mint_token
 from gateway.certs import create_dev_certs
-from gateway.config import BackendConfig, GatewayConfig, RoutesConfig
-from gateway.grpc.reflection import BackendReflection
-from gateway.grpc.server import build_grpc_server
-from gateway.health import HealthMonitor
-from gateway.http.app import build_app
-from gateway.server import http_config
-from gateway.service import DialogService
+from gateway.config import GatewayConfig, RoutesConfig
+from tests.support.in_process import probe_backend, proxying_gateway
 from tests.support.probe import SERVICE, ProbeTypes, RunningProbe, start_probe
 from tests.support.traces import ClientSpan
 
@@ -69,14 +60,6 @@ class Gateway:
             await asyncio.sleep(0.01)
 
 
-class _Server(uvicorn.Server):
-    """uvicorn without signal handling: the test stops it."""
-
-    @contextlib.contextmanager
-    def capture_signals(self) -> Iterator[None]:
-        yield
-
-
 @pytest.fixture
 async def probe(tmp_path: Path) -> AsyncIterator[tuple[RunningProbe, Path]]:
     pki = tmp_path / "pki"
@@ -89,15 +72,7 @@ async def probe(tmp_path: Path) -> AsyncIterator[tuple[RunningProbe, Path]]:
 @pytest.fixture
 async def gateway(tmp_path: Path, probe: tuple[RunningProbe, Path]) -> AsyncIterator[Gateway]:
     running, pki = probe
-    backend = BackendConfig(
-        name="probe",
-        target=f"127.0.0.1:{running.port}",
-        ca_file=str(pki / "ca.pem"),
-        cert_file=str(pki / "gateway-client.pem"),
-        key_file=str(pki / "gateway-client-key.pem"),
-        server_name="chat",
-        timeout_ms=7000,
-    )
+    backend = probe_backend("probe", running.port, pki, 7000)
     config = GatewayConfig(
         jwt_secret=SECRET,
         tls=False,
@@ -109,31 +84,9 @@ async def gateway(tmp_path: Path, probe: tuple[RunningProbe, Path]) -> AsyncIter
     exporter = InMemorySpanExporter()
     provider = TracerProvider()
     provider.add_span_processor(SimpleSpanProcessor(exporter))
-    service = DialogService(config, base_dir=tmp_path, tracer=provider.get_tracer("test"))
-    await service.start()
-    reflection = BackendReflection(
-        service.pool.channels, config.routes, refresh_s=3600, timeout_s=TIMEOUT_S
-    )
-    await reflection.refresh("probe")
-    server, port = build_grpc_server(
-        service, health_aio.HealthServicer(), reflection, credentials=None
-    )
-    await server.start()
-    monitor = HealthMonitor({}, {}, interval_ms=1000, timeout_ms=1000)
-    app = build_app(service, monitor, lambda: reflection.catalog)
-    http = _Server(http_config(config, app, None, port=0))
-    listener = socket.create_server(("127.0.0.1", 0))
-    serving = asyncio.create_task(http.serve(sockets=[listener]), name="test-http")
-    channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
-    try:
-        yield Gateway(exporter, channel, f"http://127.0.0.1:{listener.getsockname()[1]}")
-    finally:
-        http.should_exit = True
-        await serving
-        await channel.close()
-        await server.stop(None)
-        await service.close()
-        listener.close()
+    tracer = provider.get_tracer("test")
+    async with proxying_gateway(config, tmp_path, "probe", tracer) as gw:
+        yield Gateway(exporter, gw.channel, gw.http_url)
 
 
 def parent_id(span: ReadableSpan) -> int | None:

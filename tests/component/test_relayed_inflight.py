@@ -6,10 +6,8 @@ real clients, and a real probe back-end behind mutual TLS (``tests/support/probe
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import socket
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,19 +15,13 @@ from typing import Any
 import grpc
 import httpx
 import pytest
-import uvicorn
-from grpc_health.v1.health import aio as health_aio
 
 from gateway import metrics
 from gateway.auth import mint_token
 from gateway.certs import create_dev_certs
-from gateway.config import BackendConfig, GatewayConfig, RoutesConfig
-from gateway.grpc.reflection import BackendReflection
-from gateway.grpc.server import build_grpc_server
-from gateway.health import HealthMonitor
-from gateway.http.app import build_app
-from gateway.server import http_config
+from gateway.config import GatewayConfig, RoutesConfig
 from gateway.service import DialogService
+from tests.support.in_process import probe_backend, proxying_gateway
 from tests.support.probe import SERVICE, ProbeTypes, RunningProbe, start_probe
 
 SECRET = "component-test-secret-component-test-secret"
@@ -37,14 +29,6 @@ TIMEOUT_S = 10.0
 MAX_INFLIGHT = 2
 BACKEND_TIMEOUT_MS = 1500  # how long a unary call whose HTTP client went away still holds on
 TYPES = ProbeTypes.build()
-
-
-class _Server(uvicorn.Server):
-    """uvicorn without signal handling: the test stops it."""
-
-    @contextlib.contextmanager
-    def capture_signals(self) -> Iterator[None]:
-        yield
 
 
 @dataclass
@@ -80,16 +64,7 @@ async def probe(tmp_path: Path) -> AsyncIterator[RunningProbe]:
 async def gateway(tmp_path: Path, probe: RunningProbe) -> AsyncIterator[Gateway]:
     """The gRPC port and the HTTPS port's app (plain HTTP here) of one ``DialogService``
     with ``MAX_INFLIGHT`` 2, in front of the probe."""
-    pki = tmp_path / "pki"
-    backend = BackendConfig(
-        name="probe",
-        target=f"127.0.0.1:{probe.port}",
-        ca_file=str(pki / "ca.pem"),
-        cert_file=str(pki / "gateway-client.pem"),
-        key_file=str(pki / "gateway-client-key.pem"),
-        server_name="chat",
-        timeout_ms=BACKEND_TIMEOUT_MS,
-    )
+    backend = probe_backend("probe", probe.port, tmp_path / "pki", BACKEND_TIMEOUT_MS)
     config = GatewayConfig(
         jwt_secret=SECRET,
         tls=False,
@@ -99,31 +74,8 @@ async def gateway(tmp_path: Path, probe: RunningProbe) -> AsyncIterator[Gateway]
         data_dir=str(tmp_path / "data"),
         routes=RoutesConfig(backends=(backend,), rules=(), default_backend=None),
     )
-    service = DialogService(config, base_dir=tmp_path)
-    await service.start()
-    reflection = BackendReflection(
-        service.pool.channels, config.routes, refresh_s=3600, timeout_s=TIMEOUT_S
-    )
-    await reflection.refresh("probe")
-    grpc_server, grpc_port = build_grpc_server(
-        service, health_aio.HealthServicer(), reflection, credentials=None
-    )
-    await grpc_server.start()
-    monitor = HealthMonitor({}, {}, interval_ms=1000, timeout_ms=1000)
-    app = build_app(service, monitor, lambda: reflection.catalog)
-    http = _Server(http_config(config, app, None, port=0))
-    listener = socket.create_server(("127.0.0.1", 0))
-    serving = asyncio.create_task(http.serve(sockets=[listener]), name="test-http")
-    channel = grpc.aio.insecure_channel(f"127.0.0.1:{grpc_port}")
-    try:
-        yield Gateway(service, channel, f"http://127.0.0.1:{listener.getsockname()[1]}")
-    finally:
-        await channel.close()
-        http.should_exit = True
-        await serving
-        listener.close()
-        await grpc_server.stop(None)
-        await service.close()
+    async with proxying_gateway(config, tmp_path, "probe") as running:
+        yield Gateway(running.service, running.channel, running.http_url)
 
 
 async def until(predicate: Callable[[], bool], what: str) -> None:

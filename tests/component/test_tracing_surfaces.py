@@ -12,9 +12,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import socket
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,7 +21,6 @@ from typing import Any
 import grpc
 import httpx
 import pytest
-import uvicorn
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
@@ -39,11 +37,10 @@ from gateway.certs import create_dev_certs
 from gateway.config import BackendConfig, GatewayConfig, RoutesConfig
 from gateway.delivery import QueuedWork
 from gateway.grpc.servicer import GatewayServicer
-from gateway.health import HealthMonitor
 from gateway.http.app import build_app
-from gateway.server import http_config
 from gateway.service import DialogService
 from gateway.tracing import NO_TRACER
+from tests.support.in_process import monitor, serving_http
 from tests.support.traces import ClientSpan
 
 SECRET = "tracing-component-test-secret-" + "0" * 16
@@ -83,14 +80,6 @@ class Spans:
             await asyncio.sleep(0.01)
 
 
-class _Server(uvicorn.Server):
-    """uvicorn without signal handling: the test stops it."""
-
-    @contextlib.contextmanager
-    def capture_signals(self) -> Iterator[None]:
-        yield
-
-
 @dataclass
 class Gateway:
     service: DialogService
@@ -114,29 +103,21 @@ async def running_gateway(base: Path, backend_port: int, tracer: Tracer) -> Asyn
     config = _config(backend_port)  # back-end certificates: certs/ under base
     service = DialogService(config, base_dir=base, tracer=tracer)
     await service.start()
-    monitor = HealthMonitor({}, {}, interval_ms=1000, timeout_ms=1000)
-    http = _Server(http_config(config, build_app(service, monitor), None, port=0))
-    # Listening before uvicorn starts: a client may connect at once (the backlog holds it).
-    listener = socket.create_server(("127.0.0.1", 0))
-    serving = asyncio.create_task(http.serve(sockets=[listener]), name="test-http")
     grpc_server = grpc.aio.server()
     gateway_pb2_grpc.add_GatewayServicer_to_server(GatewayServicer(service), grpc_server)
     grpc_port = grpc_server.add_insecure_port("127.0.0.1:0")
     await grpc_server.start()
     try:
-        port = listener.getsockname()[1]
-        yield Gateway(
-            service,
-            f"http://127.0.0.1:{port}",
-            f"ws://127.0.0.1:{port}/ws",
-            f"127.0.0.1:{grpc_port}",
-        )
+        async with serving_http(config, build_app(service, monitor())) as http_url:
+            yield Gateway(
+                service,
+                http_url,
+                http_url.replace("http://", "ws://") + "/ws",
+                f"127.0.0.1:{grpc_port}",
+            )
     finally:
-        http.should_exit = True
-        await serving
         await grpc_server.stop(None)
         await service.close()
-        listener.close()
 
 
 @pytest.fixture
