@@ -105,15 +105,13 @@ def _load(systems: Systems, args: list[str], pids: Mapping[str, list[int]]) -> S
     return run_dialog_load(systems.tools.load, [*args, "-text", TEXT], pids, systems.timing)
 
 
+def _users_args(gw: DialogSystem) -> list[str]:
+    """The CA that signed the gateway's certificate, and its users' tokens."""
+    return ["-ca", str(gw.certs / "ca.pem"), "-tokens", str(gw.tokens_file)]
+
+
 def _gateway_grpc_args(gw: DialogSystem) -> list[str]:
-    return [
-        "-target",
-        gw.stack.grpc_target,
-        "-ca",
-        str(gw.certs / "ca.pem"),
-        "-tokens",
-        str(gw.tokens_file),
-    ]
+    return ["-target", gw.stack.grpc_target, *_users_args(gw)]
 
 
 def _mtls_args(gw: DialogSystem) -> list[str]:
@@ -134,14 +132,7 @@ def _mtls_args(gw: DialogSystem) -> list[str]:
 
 def ws_target(gw: DialogSystem) -> list[str]:
     """dialog-load's arguments naming the gateway's WebSocket: URL, CA and users' tokens."""
-    return [
-        "-url",
-        gw.stack.ws_url,
-        "-ca",
-        str(gw.certs / "ca.pem"),
-        "-tokens",
-        str(gw.tokens_file),
-    ]
+    return ["-url", gw.stack.ws_url, *_users_args(gw)]
 
 
 def gateway_ws(gw: DialogSystem, c: int) -> Runner:
@@ -189,7 +180,7 @@ def nginx_echo(gw: DialogSystem, mode: str, c: int, method_path: str) -> Runner:
 def floor_ws(gw: DialogSystem, c: int) -> Runner:
     def run(s: Systems) -> Sample:
         assert s.floor is not None
-        args = ["-mode", "ws", *ws_target(gw), "-url", s.floor.ws_url, "-c", str(c)]
+        args = ["-mode", "ws", "-url", s.floor.ws_url, *_users_args(gw), "-c", str(c)]
         return _load(s, args, {"gateway": [s.floor.ws.popen.pid]})
 
     return run

@@ -34,7 +34,9 @@ const conversePath = "/dialog.backend.v1.Backend/Converse"
 
 var replies uint64
 
-func converse(stream grpc.ServerStream) error {
+// eachRequest calls answer with each request message of stream until the client
+// ends it (nil) or a call fails (that error).
+func eachRequest(stream grpc.ServerStream, answer func(in *wire.Frame) error) error {
 	var in wire.Frame
 	for {
 		if err := stream.RecvMsg(&in); err == io.EOF {
@@ -42,6 +44,14 @@ func converse(stream grpc.ServerStream) error {
 		} else if err != nil {
 			return err
 		}
+		if err := answer(&in); err != nil {
+			return err
+		}
+	}
+}
+
+func converse(stream grpc.ServerStream) error {
+	return eachRequest(stream, func(in *wire.Frame) error {
 		msgs, err := wire.Field1s(in.B)
 		if err != nil {
 			return err
@@ -69,21 +79,12 @@ func converse(stream grpc.ServerStream) error {
 				}
 			}
 		}
-	}
+		return nil
+	})
 }
 
 func echo(stream grpc.ServerStream) error {
-	var in wire.Frame
-	for {
-		if err := stream.RecvMsg(&in); err == io.EOF {
-			return nil
-		} else if err != nil {
-			return err
-		}
-		if err := stream.SendMsg(&in); err != nil {
-			return err
-		}
-	}
+	return eachRequest(stream, func(in *wire.Frame) error { return stream.SendMsg(in) })
 }
 
 func handle(_ interface{}, stream grpc.ServerStream) error {
